@@ -1,0 +1,441 @@
+"""One configuration model for every stage.
+
+Precedence (lowest first): field defaults < profile < YAML file < ``CIELR_*`` environment <
+explicit overrides. Environment names are ``CIELR_<SECTION>__<FIELD>`` (nested sections go
+deeper with more ``__``), e.g. ``CIELR_LLM__API_KEY``, ``CIELR_STORE__URL``,
+``CIELR_PERCEPTION__SAM2__POINTS_PER_SIDE``.
+
+Profiles:
+
+* ``default``: the real model ids (weights from the Hugging Face cache or a local directory).
+* ``tiny``: the same architectures at toy size with random weights, written locally by
+  ``cielr models tiny`` into ``models_dir``; everything runs offline on a CPU.
+
+Each stage section has ``digest()``: a stable sha256 over the fields that determine its
+results (model id + revision, thresholds, dtype, prompt version) plus a code version. Fields
+that cannot change results (devices, batch sizes, timeouts, credentials) are excluded.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+PROFILES = ("default", "tiny")
+
+# Marker for fields that do not influence a stage's results and so stay out of its digest.
+NO_DIGEST = {"digest": False}
+
+
+def _default_models_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "cielr", "models")
+
+
+class Section(BaseModel):
+    """Base of every config section: strict keys and a results digest."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    def digest_payload(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, field in type(self).model_fields.items():
+            extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+            if extra.get("digest") is False:
+                continue
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                continue
+            if isinstance(value, Section):
+                out[name] = value.digest_payload()
+            elif isinstance(value, BaseModel):
+                out[name] = value.model_dump(mode="json")
+            else:
+                out[name] = json.loads(json.dumps(value, default=str))
+        return out
+
+    def digest(self, *extra: Any) -> str:
+        """sha256 over the result-determining fields and any extra (e.g. a code version)."""
+        payload = {"cfg": self.digest_payload(), "extra": [json.loads(json.dumps(e, default=str)) for e in extra]}
+        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+Device = str  # "auto", "cpu", "cuda", "cuda:1", ...
+DType = Literal["auto", "float32", "float16", "bfloat16"]
+
+
+class ModelRef(Section):
+    """Where a model's weights come from: a hub id (+ revision) or a local path."""
+
+    id: str
+    revision: str | None = None
+    path: str | None = Field(
+        default=None,
+        description="Local directory/checkpoint. May contain ${models_dir}. Wins over `id` when set.",
+    )
+
+
+class SAM2Config(Section):
+    model: ModelRef = ModelRef(id="facebook/sam2.1-hiera-large")
+    config_name: str = Field(
+        default="configs/sam2.1/sam2.1_hiera_l.yaml", description="sam2 package config (hydra) for the model"
+    )
+    hydra_overrides: list[str] = Field(default_factory=list, description="extra hydra overrides (toy models)")
+    points_per_side: int = 16
+    points_per_batch: int = Field(default=64, json_schema_extra=NO_DIGEST)
+    pred_iou_thresh: float = 0.7
+    stability_score_thresh: float = 0.92
+    stability_score_offset: float = 1.0
+    crop_n_layers: int = 1
+    box_nms_thresh: float = 0.7
+    min_mask_region_area: int = 0
+    use_m2m: bool = False
+
+
+class OWLv2Config(Section):
+    model: ModelRef = ModelRef(id="google/owlv2-base-patch16-ensemble")
+    score_threshold: float = 0.1
+    nms_iou: float = 0.3
+    vocabulary: str = Field(default="coco", description="'coco', 'lvis' or a path to a text file, one query a line")
+    max_queries_per_pass: int = Field(default=1024, json_schema_extra=NO_DIGEST)
+
+
+class DepthConfig(Section):
+    model: ModelRef = ModelRef(id="depth-anything/Depth-Anything-V2-Small-hf")
+
+
+class PerceptionConfig(Section):
+    sam2: SAM2Config = SAM2Config()
+    owlv2: OWLv2Config = OWLv2Config()
+    depth: DepthConfig = DepthConfig()
+    match_min_iou: float = Field(default=0.3, description="minimum mask/box IoU for a mask to take a label")
+    merge_gap_px: int = Field(default=2, description="same-label masks within this many pixels are merged")
+    min_object_area: int = 1
+    device: Device = Field(default="auto", json_schema_extra=NO_DIGEST)
+    dtype: DType = "auto"
+    batch_size: int = Field(default=4, json_schema_extra=NO_DIGEST)
+
+
+class LLMConfig(Section):
+    backend: Literal["transformers", "openai"] = "transformers"
+    model: ModelRef = ModelRef(id="Qwen/Qwen2.5-7B-Instruct")
+    base_url: str | None = Field(default=None, json_schema_extra=NO_DIGEST, description="OpenAI-compatible endpoint")
+    api_key: SecretStr | None = None
+    temperature: float = 0.0
+    max_new_tokens: int = 1024
+    timeout_s: float = Field(default=120.0, json_schema_extra=NO_DIGEST)
+    max_retries: int = Field(default=4, json_schema_extra=NO_DIGEST, description="transport retries (429/5xx/timeouts)")
+    device: Device = Field(default="auto", json_schema_extra=NO_DIGEST)
+    dtype: DType = "auto"
+
+
+class SandboxConfig(Section):
+    cpu_seconds: int = 5
+    memory_mb: int = 1024
+    wall_timeout_s: float = 10.0
+    max_output_bytes: int = 1_000_000
+    max_open_files: int = 64
+
+
+class ReasoningConfig(Section):
+    mode: Literal["full", "single_pass"] = "full"
+    max_iterations: int = Field(default=3, description="bound on assess/update rounds per sub-task")
+    max_invalid_retries: int = Field(default=2, description="re-asks after an answer fails validation")
+    max_subtasks: int = 4
+    prompt_version: str = "1"
+    allow_sandbox: bool = True
+    sandbox: SandboxConfig = SandboxConfig()
+
+
+class EditingConfig(Section):
+    backend: Literal["diffusers", "opencv"] = "diffusers"
+    model: ModelRef = ModelRef(id="stable-diffusion-v1-5/stable-diffusion-inpainting")
+    remove_backend: Literal["diffusers", "opencv"] = Field(
+        default="opencv", description="backend used for `remove` steps"
+    )
+    steps: int = 30
+    guidance_scale: float = 7.5
+    strength: float = 1.0
+    negative_prompt: str = "blurry, low quality, distorted, artifacts"
+    remove_prompt: str = "background, empty, nothing"
+    seed: int = 0
+    resolution: int = 512
+    dilate_px: int = 8
+    feather_px: int = 4
+    crop_mode: bool = True
+    crop_margin: float = Field(default=0.5, description="margin around the mask box, as a fraction of its size")
+    opencv_method: Literal["telea", "ns"] = "telea"
+    opencv_radius: int = 5
+    device: Device = Field(default="auto", json_schema_extra=NO_DIGEST)
+    dtype: DType = "auto"
+
+
+class StoreConfig(Section):
+    url: str = "./cielr-data"
+    endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint (MinIO, Ceph, moto)")
+    key: SecretStr | None = Field(default=None, description="S3 access key id")
+    secret: SecretStr | None = Field(default=None, description="S3 secret access key")
+    region: str | None = None
+    anon: bool = False
+
+
+class LimitsConfig(Section):
+    max_image_pixels: int = Field(default=40_000_000, description="larger images are refused")
+    max_image_bytes: int = 100 * 1024 * 1024
+    allowed_input_roots: list[str] = Field(
+        default_factory=list,
+        description="manifests may only reference images under these roots (paths or URL prefixes); "
+        "empty = the manifest's own directory",
+    )
+
+
+class OrchestrationConfig(Section):
+    chunk_size: int = 50
+    retries: int = 2
+    retry_delay_s: float = 2.0
+    retry_jitter_factor: float = 0.5
+    stage_timeout_s: float = 1800.0
+    gpu_tag: str = "gpu"
+
+
+class EvalConfig(Section):
+    protocol: Literal["masked", "smartedit"] = "masked"
+    lpips_net: Literal["alex", "vgg"] = "alex"
+    clip: ModelRef = ModelRef(id="openai/clip-vit-large-patch14")
+    dino: ModelRef = ModelRef(id="facebook/dino-vits16")
+    vlm: LLMConfig = LLMConfig(backend="openai", model=ModelRef(id="Qwen/Qwen2.5-VL-7B-Instruct"))
+    smartedit_size: int = 256
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CIELR_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
+    )
+
+    profile: Literal["default", "tiny"] = "default"
+    models_dir: str = Field(default_factory=_default_models_dir, description="where `cielr models tiny` writes")
+    perception: PerceptionConfig = PerceptionConfig()
+    llm: LLMConfig = LLMConfig()
+    reasoning: ReasoningConfig = ReasoningConfig()
+    editing: EditingConfig = EditingConfig()
+    store: StoreConfig = StoreConfig()
+    limits: LimitsConfig = LimitsConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _LayerSource(settings_cls))
+
+    # -- helpers -----------------------------------------------------------------------------
+    def resolve_model(self, ref: ModelRef) -> str:
+        """The string to hand to a loader: the local path (``${models_dir}`` expanded) or the id."""
+        if ref.path:
+            return os.path.expanduser(ref.path.replace("${models_dir}", self.models_dir))
+        return ref.id
+
+    def masked_dict(self) -> dict[str, Any]:
+        """The effective config as plain data with every secret masked."""
+        return _mask_secrets(self.model_dump(mode="python"))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.masked_dict(), sort_keys=False)
+
+    def stage_digests(self) -> dict[str, str]:
+        return {
+            "perception": self.perception.digest(),
+            "llm": self.llm.digest(),
+            "reasoning": self.reasoning.digest(),
+            "editing": self.editing.digest(),
+        }
+
+
+def _mask_secrets(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return "**********" if value.get_secret_value() else ""
+    if isinstance(value, dict):
+        return {k: _mask_secrets(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask_secrets(v) for v in value]
+    return value
+
+
+# The layers below env: profile values merged with the YAML file. Set by load_settings.
+_LAYERS: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("cielr_config_layers", default={})
+
+
+class _LayerSource(PydanticBaseSettingsSource):
+    def get_field_value(self, field, field_name):  # pragma: no cover - not used, __call__ does it all
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return copy.deepcopy(_LAYERS.get())
+
+
+def _tiny_profile() -> dict[str, Any]:
+    """Toy-size architectures with random weights, written by `cielr models tiny`."""
+    md = "${models_dir}"
+    return {
+        "perception": {
+            "sam2": {
+                "model": {"id": "tiny/sam2", "path": f"{md}/sam2/model.pt"},
+                "config_name": "configs/sam2.1/sam2.1_hiera_t.yaml",
+                "hydra_overrides": TINY_SAM2_OVERRIDES,
+                "points_per_side": 4,
+                "points_per_batch": 16,
+                "pred_iou_thresh": 0.0,
+                "stability_score_thresh": 0.0,
+                "crop_n_layers": 0,
+            },
+            "owlv2": {"model": {"id": "tiny/owlv2", "path": f"{md}/owlv2"}, "score_threshold": 0.0},
+            "depth": {"model": {"id": "tiny/depth-anything", "path": f"{md}/depth-anything"}},
+            "device": "cpu",
+            "dtype": "float32",
+        },
+        "llm": {"model": {"id": "tiny/qwen2", "path": f"{md}/qwen2"}, "max_new_tokens": 256, "device": "cpu"},
+        "editing": {
+            "model": {"id": "tiny/sd-inpaint", "path": f"{md}/sd-inpaint"},
+            "steps": 2,
+            "resolution": 64,
+            "device": "cpu",
+            "dtype": "float32",
+        },
+        "eval": {
+            "clip": {"id": "tiny/clip", "path": f"{md}/clip"},
+            "dino": {"id": "tiny/dino", "path": f"{md}/dino"},
+            "vlm": {"backend": "transformers", "model": {"id": "tiny/qwen2", "path": f"{md}/qwen2"}},
+        },
+    }
+
+
+# Hydra overrides that shrink SAM2.1-tiny's Hiera trunk to toy size (image_size stays 1024: the
+# image predictor hard-codes feature sizes derived from it). Written here so the tiny model
+# factory and the tiny profile agree.
+TINY_SAM2_OVERRIDES: list[str] = [
+    "++model.image_encoder.trunk.embed_dim=24",
+    "++model.image_encoder.trunk.num_heads=1",
+    "++model.image_encoder.trunk.stages=[1,1,1,1]",
+    "++model.image_encoder.trunk.global_att_blocks=[2]",
+    "++model.image_encoder.trunk.window_pos_embed_bkg_spatial_size=[7,7]",
+    "++model.image_encoder.neck.backbone_channel_list=[192,96,48,24]",
+    "++model.image_encoder.neck.d_model=64",
+    "++model.memory_attention.d_model=64",
+    "++model.memory_attention.layer.d_model=64",
+    "++model.memory_attention.layer.dim_feedforward=128",
+    "++model.memory_attention.layer.self_attention.embedding_dim=64",
+    "++model.memory_attention.layer.cross_attention.embedding_dim=64",
+    "++model.memory_attention.num_layers=1",
+    "++model.memory_encoder.out_dim=64",
+]
+
+PROFILE_LAYERS = {"default": lambda: {}, "tiny": _tiny_profile}
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load_settings(
+    profile: str | None = None,
+    config_file: str | os.PathLike | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Settings:
+    """Build the effective Settings: defaults < profile < YAML < CIELR_* env < overrides.
+
+    ``profile`` falls back to ``CIELR_PROFILE`` then ``default``; ``config_file`` to
+    ``CIELR_CONFIG_FILE``.
+    """
+    profile = profile or os.environ.get("CIELR_PROFILE") or "default"
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    layers: dict[str, Any] = PROFILE_LAYERS[profile]()
+    config_file = config_file or os.environ.get("CIELR_CONFIG_FILE")
+    if config_file:
+        path = Path(config_file)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        layers = deep_merge(layers, loaded)
+    layers["profile"] = profile
+    token = _LAYERS.set(layers)
+    try:
+        return Settings(**(overrides or {}))
+    finally:
+        _LAYERS.reset(token)
+
+
+def settings_to_dict(settings: Settings) -> dict[str, Any]:
+    """Plain JSON-able dict of the settings WITHOUT secrets (safe to pass as a flow/task parameter,
+    which Prefect stores in its database). The receiving process gets secrets from its own
+    environment through :func:`settings_from_dict`."""
+
+    def drop(v: Any) -> Any:
+        if isinstance(v, SecretStr):
+            return None
+        if isinstance(v, dict):
+            return {k: drop(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [drop(x) for x in v]
+        return v
+
+    return json.loads(json.dumps(drop(settings.model_dump(mode="python")), default=str))
+
+
+def settings_from_dict(data: dict[str, Any]) -> Settings:
+    """Rebuild Settings from :func:`settings_to_dict` output. The dict is the base layer and this
+    process's ``CIELR_*`` environment goes on top (that is where secrets come from)."""
+    layers = {k: v for k, v in data.items()}
+    token = _LAYERS.set(_drop_none_secrets(layers))
+    try:
+        return Settings()
+    finally:
+        _LAYERS.reset(token)
+
+
+def _drop_none_secrets(d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out[k] = _drop_none_secrets(v)
+        elif v is None and k in _SECRET_FIELDS:
+            continue
+        else:
+            out[k] = v
+    return out
+
+
+_SECRET_FIELDS = {"api_key", "key", "secret"}

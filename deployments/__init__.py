@@ -1,0 +1,1 @@
+"""Prefect deployments, work-pool job templates and the deploy helper."""

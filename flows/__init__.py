@@ -1,0 +1,1 @@
+"""Prefect flows (edit_image, edit_dataset, evaluate) and the `cielr` command line."""

@@ -1,0 +1,1 @@
+"""One module per `cielr` sub-command group; each exposes ``register(app)``."""

@@ -1,0 +1,27 @@
+"""Options and helpers shared by the sub-commands."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import typer
+
+from cielr_core.config import ConfigError, Settings, load_settings
+
+ProfileOpt = typer.Option(None, "--profile", "-p", help="config profile: default (real models) or tiny")
+ConfigFileOpt = typer.Option(None, "--config", "-c", help="YAML config file (CIELR_CONFIG_FILE)")
+
+
+def settings_or_exit(
+    profile: Optional[str], config_file: Optional[str], overrides: dict[str, Any] | None = None
+) -> Settings:
+    try:
+        return load_settings(profile=profile, config_file=config_file, overrides=overrides)
+    except (ConfigError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+
+
+def fail(message: str, code: int = 1) -> "typer.Exit":
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)

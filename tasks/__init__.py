@@ -1,0 +1,1 @@
+"""Thin Prefect task wrappers around cielr_core functions: cache keys, retries, persistence."""
