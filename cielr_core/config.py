@@ -368,11 +368,13 @@ def load_settings(
     profile: str | None = None,
     config_file: str | os.PathLike | None = None,
     overrides: dict[str, Any] | None = None,
+    config_data: dict[str, Any] | None = None,
 ) -> Settings:
     """Build the effective Settings: defaults < profile < YAML < CIELR_* env < overrides.
 
     ``profile`` falls back to ``CIELR_PROFILE`` then ``default``; ``config_file`` to
-    ``CIELR_CONFIG_FILE``.
+    ``CIELR_CONFIG_FILE``. ``config_data`` is a mapping that takes the YAML file's place in the
+    order (after it, if both are given): how a flow parameter carries a user's config file.
     """
     profile = profile or os.environ.get("CIELR_PROFILE") or "default"
     if profile not in PROFILES:
@@ -390,6 +392,10 @@ def load_settings(
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         layers = deep_merge(layers, loaded)
+    if config_data:
+        if not isinstance(config_data, dict):
+            raise ConfigError("config data must be a mapping")
+        layers = deep_merge(layers, config_data)
     layers["profile"] = profile
     token = _LAYERS.set(layers)
     try:
@@ -416,12 +422,11 @@ def settings_to_dict(settings: Settings) -> dict[str, Any]:
 
 
 def settings_from_dict(data: dict[str, Any]) -> Settings:
-    """Rebuild Settings from :func:`settings_to_dict` output. The dict is the base layer and this
-    process's ``CIELR_*`` environment goes on top (that is where secrets come from)."""
-    layers = {k: v for k, v in data.items()}
-    token = _LAYERS.set(_drop_none_secrets(layers))
+    """Rebuild Settings from :func:`settings_to_dict` output. Every value in the dict wins; secrets
+    that the dict does not carry come from this process's ``CIELR_*`` environment."""
+    token = _LAYERS.set({})
     try:
-        return Settings()
+        return Settings(**_drop_none_secrets(data))
     finally:
         _LAYERS.reset(token)
 

@@ -104,3 +104,20 @@ def test_cli_config_show(monkeypatch):
     assert set(data["digests"]) >= {"perception", "llm", "reasoning", "editing"}
     r = CliRunner().invoke(app, ["config", "show", "--profile", "nope"])
     assert r.exit_code == 2 and "unknown profile" in r.output
+
+
+def test_settings_dict_values_beat_the_receiving_environment(monkeypatch):
+    s = load_settings(overrides={"store": {"url": "/flow/chose/this"}})
+    d = settings_to_dict(s)
+    monkeypatch.setenv("CIELR_STORE__URL", "/worker/env/value")
+    monkeypatch.setenv("CIELR_STORE__SECRET", "from-worker-env")
+    again = settings_from_dict(d)
+    assert again.store.url == "/flow/chose/this"
+    assert again.store.secret.get_secret_value() == "from-worker-env"
+
+
+def test_config_data_sits_where_the_yaml_file_does(monkeypatch):
+    s = load_settings(profile="tiny", config_data={"editing": {"steps": 5}, "reasoning": {"max_iterations": 2}})
+    assert s.editing.steps == 5 and s.reasoning.max_iterations == 2
+    monkeypatch.setenv("CIELR_EDITING__STEPS", "9")
+    assert load_settings(profile="tiny", config_data={"editing": {"steps": 5}}).editing.steps == 9
