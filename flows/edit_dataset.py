@@ -1,0 +1,125 @@
+"""`edit_dataset`: the nightly job over a Parquet manifest.
+
+Rows are validated up front (bad rows reported and skipped); valid rows are processed in chunks,
+each chunk a subflow, so task states do not pile up in one flow's memory. Every row, good or bad,
+ends in ``runs/<run_id>/results.parquet`` (written atomically, never overwritten) with status,
+error, output URIs, cache hits and per-stage timings. Artifacts: a progress bar during the run, a
+results table and a markdown summary.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect import flow, get_run_logger
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.runtime import flow_run
+
+from cielr_core.config import settings_from_dict, settings_to_dict
+from flows.edit_image import resolve_settings
+from flows.manifest import load_manifest
+from flows.pipeline import STAGES, Stages, run_image
+from tasks import runtime
+
+RESULT_COLUMNS: list[tuple[str, pa.DataType]] = [
+    ("image_id", pa.string()), ("image_uri", pa.string()), ("instruction", pa.string()),
+    ("status", pa.string()), ("error", pa.string()), ("failed_stage", pa.string()), ("seed", pa.int64()),
+    ("image_sha256", pa.string()), ("edited_uri", pa.string()), ("mask_uri", pa.string()),
+    ("overlay_uri", pa.string()), ("ssr_uri", pa.string()), ("plan_uri", pa.string()), ("trace_uri", pa.string()),
+    ("n_steps", pa.int64()), ("n_edited_steps", pa.int64()), ("cache_hits", pa.int64()), ("task_runs", pa.int64()),
+    ("seconds", pa.float64()),
+] + [(f"t_{s}", pa.float64()) for s in STAGES]
+
+
+def results_table(rows: list[dict[str, Any]]) -> pa.Table:
+    schema = pa.schema(RESULT_COLUMNS)
+    return pa.Table.from_pylist([{name: r.get(name) for name, _ in RESULT_COLUMNS} for r in rows], schema=schema)
+
+
+@flow(name="edit-dataset-chunk")
+def process_chunk(rows: list[dict[str, Any]], settings: dict[str, Any]) -> list[dict[str, Any]]:
+    s = settings_from_dict(settings)
+    stages = Stages.for_settings(s)
+    return [
+        run_image(stages, s, image_id=r["image_id"], image_uri=r["image_uri"], instruction=r["instruction"],
+                  seed=r.get("seed"))
+        for r in rows
+    ]
+
+
+def summary_markdown(run_id: str, uri: str, rows: list[dict[str, Any]]) -> str:
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    hits = sum(r.get("cache_hits") or 0 for r in rows)
+    calls = sum(r.get("task_runs") or 0 for r in rows)
+    lines = [f"# edit_dataset run {run_id}", "", f"results: `{uri}`", "", "| status | rows |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in sorted(counts.items())]
+    lines += ["", f"cache hits: {hits} of {calls} task runs ({(hits / calls * 100) if calls else 0:.1f}%)"]
+    failures = [r for r in rows if r["status"] in ("failed", "invalid")]
+    if failures:
+        lines += ["", "## Failures", "", "| image_id | error |", "|---|---|"]
+        for r in failures[:200]:
+            err = str(r.get("error") or "").replace("|", "\\|").replace("\n", " ")[:300]
+            lines.append(f"| {r['image_id']} | {err} |")
+        if len(failures) > 200:
+            lines.append(f"| ... | {len(failures) - 200} more in results.parquet |")
+    return "\n".join(lines)
+
+
+@flow(name="edit-dataset")
+def edit_dataset(
+    manifest_uri: str,
+    store: str | None = None,
+    profile: str | None = None,
+    config: dict[str, Any] | None = None,
+    chunk_size: int | None = None,
+    limit: int | None = None,
+) -> str:
+    """Edit every row of a manifest; returns the URI of results.parquet."""
+    logger = get_run_logger()
+    settings = resolve_settings(profile, config, store)
+    sd = settings_to_dict(settings)
+    st = runtime.store(settings)
+    st.check()
+    manifest = load_manifest(manifest_uri, settings, limit=limit)
+    run_id = str(flow_run.id or uuid.uuid4())
+    chunk = max(1, chunk_size or settings.orchestration.chunk_size)
+    total = len(manifest.rows) + len(manifest.rejected)
+    logger.info("manifest %s: %d valid rows, %d rejected; chunks of %d", manifest_uri, len(manifest.rows),
+                len(manifest.rejected), chunk)
+    for r in manifest.rejected:
+        logger.warning("skipping %s", r["error"])
+    results: list[dict[str, Any]] = [{**r, "status": "invalid"} for r in manifest.rejected]
+    progress = create_progress_artifact(progress=0.0, key="edit-dataset-progress",
+                                        description=f"edit_dataset over {manifest_uri}")
+    for start in range(0, len(manifest.rows), chunk):
+        part = manifest.rows[start:start + chunk]
+        results.extend(process_chunk.with_options(name=f"edit-dataset-chunk-{start // chunk}")(part, sd))
+        done = len(results)
+        update_progress_artifact(progress, progress=100.0 * done / max(1, total))
+        logger.info("%d/%d rows done", done, total)
+    update_progress_artifact(progress, progress=100.0)
+    key = f"runs/{run_id}/results.parquet"
+    import io
+
+    buf = io.BytesIO()
+    pq.write_table(results_table(results), buf)
+    st.put_bytes(key, buf.getvalue(), overwrite=False)
+    uri = st.uri_for(key)
+    table_rows = [{k: r.get(k) for k in ("image_id", "status", "error", "edited_uri", "cache_hits", "seconds")}
+                  for r in results[:500]]
+    create_table_artifact(table=table_rows, key="edit-dataset-results",
+                          description=f"first {len(table_rows)} of {len(results)} rows; all in {uri}")
+    create_markdown_artifact(markdown=summary_markdown(run_id, uri, results), key="edit-dataset-summary",
+                             description="edit_dataset summary")
+    logger.info("results: %s", uri)
+    return uri

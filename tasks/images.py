@@ -1,0 +1,67 @@
+"""Load an image: read bytes from a URI, decode and normalise, content-hash, store as PNG."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import fsspec
+from prefect import task
+
+from cielr_core.config import Settings
+from cielr_core.images import BadImageError, decode_image, image_digest
+from storage.store import encode_png
+from tasks import runtime
+
+
+def storage_options_for(uri: str, s: Settings) -> dict[str, Any]:
+    if uri.startswith(("s3://", "s3a://")):
+        opts: dict[str, Any] = {}
+        if s.store.endpoint_url:
+            opts["endpoint_url"] = s.store.endpoint_url
+        if s.store.key is not None:
+            opts["key"] = s.store.key.get_secret_value()
+        if s.store.secret is not None:
+            opts["secret"] = s.store.secret.get_secret_value()
+        return opts
+    return {}
+
+
+def read_uri(uri: str, s: Settings, *, max_bytes: int | None = None) -> bytes:
+    """Bytes of a local path or URL (s3:// uses the store's endpoint and credentials)."""
+    try:
+        with fsspec.open(uri, "rb", **storage_options_for(uri, s)) as f:
+            limit = max_bytes if max_bytes is not None else s.limits.max_image_bytes
+            data = f.read(limit + 1)
+    except FileNotFoundError as e:
+        raise BadImageError(f"{uri}: no such file") from e
+    except IsADirectoryError as e:
+        raise BadImageError(f"{uri}: is a directory, not an image") from e
+    if len(data) > limit:
+        raise BadImageError(f"{uri}: larger than the {limit}-byte limit (limits.max_image_bytes)")
+    return data
+
+
+def put_rgb(rgb, s: Settings) -> dict[str, Any]:
+    """Store a decoded RGB array under its content digest; return its reference."""
+    sha = image_digest(rgb)
+    key = f"images/{sha}.png"
+    st = runtime.store(s)
+    if not st.exists(key):
+        st.put_bytes(key, encode_png(rgb))
+    return {"sha": sha, "key": key, "width": int(rgb.shape[1]), "height": int(rgb.shape[0])}
+
+
+def get_rgb(image: dict[str, Any], s: Settings):
+    return runtime.store(s).get_png(image["key"])
+
+
+@task(name="load-image")
+def load_image(image_uri: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """Decode (orientation applied, colour normalised, size-limited) and store; returns the image ref."""
+    s = runtime.settings(settings)
+    data = read_uri(image_uri, s)
+    try:
+        rgb = decode_image(data, max_pixels=s.limits.max_image_pixels, max_bytes=s.limits.max_image_bytes)
+    except BadImageError as e:
+        raise BadImageError(f"{image_uri}: {e}") from e
+    return put_rgb(rgb, s)

@@ -1,0 +1,97 @@
+"""Per-process state behind the tasks: settings, stores and stage objects, built once and reused.
+
+Tasks receive settings as a plain dict (no secrets; see ``cielr_core.config.settings_to_dict``)
+and look the heavy objects up here, so models stay resident in the worker process between tasks
+(the model registry in ``cielr_core.models`` does the actual once-per-process loading).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from cielr_core.config import Settings, settings_from_dict
+from storage import ArtifactStore, sha256_json
+
+_lock = threading.Lock()
+_settings: dict[str, Settings] = {}
+_stores: dict[str, ArtifactStore] = {}
+_perceivers: dict[str, Any] = {}
+_llms: dict[str, Any] = {}
+
+
+def settings(data: dict[str, Any] | Settings) -> Settings:
+    if isinstance(data, Settings):
+        return data
+    key = sha256_json(data)
+    with _lock:
+        s = _settings.get(key)
+    if s is None:
+        s = settings_from_dict(data)
+        with _lock:
+            _settings[key] = s
+    return s
+
+
+def store(s: Settings) -> ArtifactStore:
+    key = sha256_json(
+        [s.store.url, s.store.endpoint_url, s.store.region, s.store.anon, s.store.key is not None]
+    )
+    with _lock:
+        st = _stores.get(key)
+        if st is None:
+            st = _stores[key] = ArtifactStore.from_config(s.store)
+        return st
+
+
+def perceiver(s: Settings):
+    from cielr_core.perception import Perceiver
+
+    key = sha256_json([s.perception.digest(), s.perception.device, s.models_dir])
+    with _lock:
+        p = _perceivers.get(key)
+        if p is None:
+            p = _perceivers[key] = Perceiver(s)
+        return p
+
+
+def llm(s: Settings):
+    from cielr_core.reasoning import make_llm
+
+    key = sha256_json([s.llm.digest(), s.llm.device, s.llm.base_url, s.models_dir])
+    with _lock:
+        m = _llms.get(key)
+        if m is None:
+            m = _llms[key] = make_llm(s.llm, s)
+        return m
+
+
+def result_storage(s: Settings):
+    """Prefect result storage (results and cache records) on the same store as the artifacts."""
+    from prefect.filesystems import LocalFileSystem, RemoteFileSystem
+
+    st = store(s)
+    if st.protocol == "file":
+        return LocalFileSystem(basepath=os.path.join(st.root, "prefect"))
+    opts: dict[str, Any] = {"skip_instance_cache": True}
+    if s.store.endpoint_url:
+        opts["endpoint_url"] = s.store.endpoint_url
+    if s.store.key is not None:
+        opts["key"] = s.store.key.get_secret_value()
+    if s.store.secret is not None:
+        opts["secret"] = s.store.secret.get_secret_value()
+    if s.store.region:
+        opts["client_kwargs"] = {"region_name": s.store.region}
+    if s.store.anon:
+        opts["anon"] = True
+    return RemoteFileSystem(basepath=f"s3://{st.root}/prefect", settings=opts)
+
+
+def reset() -> None:
+    """Forget cached objects (tests)."""
+    with _lock:
+        _settings.clear()
+        _stores.clear()
+        _perceivers.clear()
+        _llms.clear()
