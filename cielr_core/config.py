@@ -211,6 +211,16 @@ class OrchestrationConfig(Section):
 class EvalConfig(Section):
     protocol: Literal["masked", "smartedit"] = "masked"
     lpips_net: Literal["alex", "vgg"] = "alex"
+    lpips_backbone: Literal["pretrained", "random"] = Field(
+        default="pretrained",
+        description="'random' = untrained LPIPS backbone (tiny profile / tests only: meaningless numbers)",
+    )
+    lpips_backbone_path: str | None = Field(
+        default=None,
+        description="torchvision ImageNet checkpoint of the LPIPS backbone; default: the torch hub cache",
+    )
+    idcs_prompt_version: str = "1"
+    device: Device = Field(default="auto", json_schema_extra=NO_DIGEST)
     clip: ModelRef = ModelRef(id="openai/clip-vit-large-patch14")
     dino: ModelRef = ModelRef(id="facebook/dino-vits16")
     vlm: LLMConfig = LLMConfig(backend="openai", model=ModelRef(id="Qwen/Qwen2.5-VL-7B-Instruct"))
@@ -323,6 +333,8 @@ def _tiny_profile() -> dict[str, Any]:
             "clip": {"id": "tiny/clip", "path": f"{md}/clip"},
             "dino": {"id": "tiny/dino", "path": f"{md}/dino"},
             "vlm": {"backend": "transformers", "model": {"id": "tiny/qwen2", "path": f"{md}/qwen2"}},
+            "lpips_backbone": "random",
+            "device": "cpu",
         },
     }
 

@@ -25,7 +25,7 @@ from cielr_core.masks import union
 from cielr_core.plan import EditPlan, EditStep
 from tasks import keys, runtime
 from tasks.editing import inpaint_cache_key, inpaint_step
-from tasks.images import get_rgb, load_image
+from tasks.images import load_cache_key, load_image
 from tasks.options import bind
 from tasks.perception import (
     depth,
@@ -101,7 +101,7 @@ class Stages:
     @classmethod
     def for_settings(cls, s: Settings) -> "Stages":
         return cls(
-            load=bind(load_image, s, cache_key=None),
+            load=bind(load_image, s, cache_key=load_cache_key),
             segment=bind(segment, s, cache_key=segment_cache_key, gpu=True),
             detect=bind(detect, s, cache_key=detect_cache_key, gpu=True),
             depth=bind(depth, s, cache_key=depth_cache_key, gpu=True),
@@ -116,6 +116,8 @@ class Stages:
 class _Runner:
     def __init__(self) -> None:
         self.timings: dict[str, float] = defaultdict(float)
+        self.cached_by_stage: dict[str, int] = defaultdict(int)
+        self.calls_by_stage: dict[str, int] = defaultdict(int)
         self.cached = 0
         self.calls = 0
 
@@ -124,8 +126,10 @@ class _Runner:
         state = task(**params, return_state=True)
         self.timings[stage] += time.perf_counter() - t0
         self.calls += 1
+        self.calls_by_stage[stage] += 1
         if state.name == "Cached":
             self.cached += 1
+            self.cached_by_stage[stage] += 1
         if not state.is_completed():
             try:
                 state.result(raise_on_failure=True)
@@ -180,6 +184,8 @@ def run_image(
         row.update(status="failed", error=str(e), failed_stage=e.stage)
     row["cache_hits"] = run.cached
     row["task_runs"] = run.calls
+    row["cached_stages"] = ",".join(
+        f"{k}:{run.cached_by_stage.get(k, 0)}/{v}" for k, v in run.calls_by_stage.items())
     row["seconds"] = round(time.perf_counter() - t0, 4)
     for stage in STAGES:
         row[f"t_{stage}"] = round(run.timings.get(stage, 0.0), 4)

@@ -178,6 +178,13 @@ class ArtifactStore:
         path = self._path(key)
         return f"s3://{path}" if self.protocol == "s3" else path
 
+    def key_for(self, uri: str) -> str:
+        """Inverse of :meth:`uri_for`: the key of a URI inside this store."""
+        base = (f"s3://{self.root}" if self.protocol == "s3" else self.root).rstrip("/") + "/"
+        if not uri.startswith(base):
+            raise StoreError(f"store {self.display_url}: {uri!r} is not inside this store")
+        return validate_key(uri[len(base):])
+
     def _fail(self, op: str, key: str | None, exc: BaseException) -> StoreError:
         what = f"{op} {key!r}" if key is not None else op
         cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import uuid
+
 import fsspec
 from prefect import task
 
 from cielr_core.config import Settings
 from cielr_core.images import BadImageError, decode_image, image_digest
+from storage import sha256_json
 from storage.store import encode_png
 from tasks import runtime
+
+DECODE_CODE_VERSION = "1"
 
 
 def storage_options_for(uri: str, s: Settings) -> dict[str, Any]:
@@ -65,3 +70,18 @@ def load_image(image_uri: str, settings: dict[str, Any]) -> dict[str, Any]:
     except BadImageError as e:
         raise BadImageError(f"{image_uri}: {e}") from e
     return put_rgb(rgb, s)
+
+
+def load_cache_key(p: dict[str, Any]) -> str:
+    """The URI plus what the filesystem says identifies its current content (size, mtime / ETag), plus
+    the decoding limits: a changed file is decoded again, an unchanged one is a cache hit."""
+    s = runtime.settings(p["settings"])
+    uri = p["image_uri"]
+    try:
+        fs, path = fsspec.core.url_to_fs(uri, **storage_options_for(uri, s))
+        info = fs.info(path)
+    except Exception:  # noqa: BLE001 - unreadable: let the task itself report it, uncached
+        return f"load-uncacheable-{uuid.uuid4().hex}"
+    ident = {k: str(info[k]) for k in ("size", "mtime", "ETag", "etag", "LastModified", "last_modified") if k in info}
+    return "load-" + sha256_json([uri, ident, s.limits.max_image_pixels, s.limits.max_image_bytes,
+                                  DECODE_CODE_VERSION])

@@ -205,3 +205,9 @@ def test_canonical_json_rules():
     with pytest.raises(ValueError):
         canonical_json({"x": float("nan")})
     assert canonical_json({"é": np.int64(3)}) == '{"é":3}'.encode()
+
+
+def test_key_for_inverts_uri_for(store):
+    assert store.key_for(store.uri_for("runs/r/results.parquet")) == "runs/r/results.parquet"
+    with pytest.raises(StoreError, match="not inside"):
+        store.key_for("/somewhere/else/x")

@@ -25,3 +25,24 @@ def settings_or_exit(
 def fail(message: str, code: int = 1) -> "typer.Exit":
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
+
+
+def read_config_file(path: Optional[str]) -> dict[str, Any] | None:
+    """A YAML config file as a mapping (what flows take as their `config` parameter)."""
+    import os
+
+    import yaml
+
+    path = path or os.environ.get("CIELR_CONFIG_FILE")
+    if not path:
+        return None
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise fail(f"cannot read config file {path}: {e.strerror or e}", 2) from e
+    except yaml.YAMLError as e:
+        raise fail(f"config file {path} is not valid YAML: {e}", 2) from e
+    if not isinstance(data, dict):
+        raise fail(f"config file {path} must hold a mapping", 2)
+    return data

@@ -1,0 +1,89 @@
+"""`cielr doctor`: is this machine ready? Each check says how to fix what is not."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import typer
+
+from flows.commands.common import ConfigFileOpt, ProfileOpt, settings_or_exit
+
+
+def _model_refs(s):
+    return [
+        ("SAM2", s.perception.sam2.model),
+        ("OWLv2", s.perception.owlv2.model),
+        ("DepthAnything", s.perception.depth.model),
+        ("LLM", s.llm.model) if s.llm.backend == "transformers" else None,
+        ("inpainter", s.editing.model) if "diffusers" in (s.editing.backend, s.editing.remove_backend) else None,
+    ]
+
+
+def model_present(s, ref) -> tuple[bool, str]:
+    source = s.resolve_model(ref)
+    if ref.path:
+        return os.path.exists(source), source
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        repos = {r.repo_id for r in scan_cache_dir().repos}
+    except Exception:  # noqa: BLE001 - no cache yet
+        repos = set()
+    return source in repos, source
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("doctor")
+    def doctor(profile: Optional[str] = ProfileOpt, config_file: Optional[str] = ConfigFileOpt) -> None:
+        """Check GPU, model weights, the store and the Prefect API."""
+        s = settings_or_exit(profile, config_file)
+        problems = 0
+
+        def report(ok: bool, what: str, fix: str = "") -> None:
+            nonlocal problems
+            problems += 0 if ok else 1
+            typer.echo(f"[{'ok' if ok else '!!'}] {what}" + ("" if ok or not fix else f"\n     fix: {fix}"))
+
+        import torch
+
+        if torch.cuda.is_available():
+            report(True, f"GPU: {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})")
+        else:
+            report(False, "GPU: none visible to torch (CPU only: fine for --profile tiny, slow for real models)",
+                   "run on a machine with an NVIDIA GPU and a CUDA build of torch (scripts/setup.sh installs one)")
+        for entry in _model_refs(s):
+            if entry is None:
+                continue
+            name, ref = entry
+            ok, source = model_present(s, ref)
+            fix = ("cielr models tiny" if s.profile == "tiny" else
+                   f"huggingface-cli download {ref.id} (where a hub is reachable), or set its path in the config")
+            report(ok, f"{name} weights: {source}" + ("" if ok else " not found"), fix)
+        from storage import ArtifactStore, StoreError
+
+        try:
+            st = ArtifactStore.from_config(s.store)
+            st.check()
+            report(True, f"store: {st.display_url} reachable")
+        except StoreError as e:
+            report(False, f"store: {e}", "check CIELR_STORE__URL / CIELR_STORE__ENDPOINT_URL and credentials")
+        api = os.environ.get("PREFECT_API_URL")
+        if not api:
+            from prefect.settings import PREFECT_API_URL
+
+            api = PREFECT_API_URL.value()
+        if not api:
+            report(True, "Prefect API: ephemeral (started in-process per run; no dashboard history)")
+        else:
+            import httpx
+
+            try:
+                r = httpx.get(api.rstrip("/") + "/health", timeout=5)
+                report(r.status_code == 200, f"Prefect API: {api} answered {r.status_code}",
+                       "start it with `prefect server start`")
+            except httpx.HTTPError as e:
+                report(False, f"Prefect API: {api} unreachable ({type(e).__name__})",
+                       "start it with `prefect server start`, or unset PREFECT_API_URL for the ephemeral API")
+        typer.echo("all good" if problems == 0 else f"{problems} problem(s)")
+        raise typer.Exit(0 if problems == 0 else 1)

@@ -1,0 +1,51 @@
+"""`cielr edit IMAGE "INSTRUCTION"`: one image through the edit_image flow."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import typer
+
+from flows.commands.common import ConfigFileOpt, ProfileOpt, fail, read_config_file
+
+OUTPUTS = ("edited.png", "mask.png", "overlay.png", "ssr.json", "plan.json", "trace.json")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("edit")
+    def edit(
+        image: str = typer.Argument(..., help="image path or URL (s3:// uses the store's credentials)"),
+        instruction: str = typer.Argument(..., help='implicit instruction, e.g. "remove the object that tells the time"'),
+        profile: Optional[str] = ProfileOpt,
+        config_file: Optional[str] = ConfigFileOpt,
+        store: Optional[str] = typer.Option(None, "--store", "-s", help="artifact store URL (cache and outputs)"),
+        out: str = typer.Option("cielr-out", "--out", "-o", help="folder to copy the outputs into"),
+        seed: Optional[int] = typer.Option(None, "--seed", help="inpainting seed (default from config)"),
+    ) -> None:
+        """Perceive -> reason -> edit one image; writes edited.png, mask.png, overlay.png, ssr.json, plan.json,
+        trace.json into --out. mask.png is exactly the region allowed to differ from the input."""
+        from flows.edit_image import edit_image, resolve_settings
+        from storage import ArtifactStore
+
+        config = read_config_file(config_file)
+        if "://" not in image:
+            image = os.path.abspath(image)
+        try:
+            row = edit_image(image_uri=image, instruction=instruction, profile=profile, config=config,
+                             store=store, seed=seed)
+        except Exception as e:  # noqa: BLE001
+            raise fail(f"{type(e).__name__}: {e}") from e
+        if row["status"] == "failed":
+            raise fail(row["error"])
+        st = ArtifactStore.from_config(resolve_settings(profile, config, store).store)
+        os.makedirs(out, exist_ok=True)
+        for name in OUTPUTS:
+            stem = name.split(".")[0]
+            data = st.get_bytes(st.key_for(row[f"{stem}_uri"]))
+            with open(os.path.join(out, name), "wb") as f:
+                f.write(data)
+        typer.echo(f"status: {row['status']}" + (f" ({row['error']})" if row.get("error") else ""), err=True)
+        typer.echo(f"steps edited: {row.get('n_edited_steps', 0)} of {row.get('n_steps', 0)}; "
+                   f"cache hits {row['cache_hits']}/{row['task_runs']}", err=True)
+        typer.echo(os.path.abspath(out))

@@ -1,0 +1,55 @@
+"""`cielr run MANIFEST --store URL`: the dataset job."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import typer
+
+from flows.commands.common import ConfigFileOpt, ProfileOpt, fail, read_config_file
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("run")
+    def run(
+        manifest: str = typer.Argument(..., help="Parquet manifest: image_id, image_uri, instruction [, seed, mask_uri, reference_text]"),
+        store: Optional[str] = typer.Option(None, "--store", "-s", help="artifact store URL (path or s3://bucket/prefix)"),
+        profile: Optional[str] = ProfileOpt,
+        config_file: Optional[str] = ConfigFileOpt,
+        limit: Optional[int] = typer.Option(None, "--limit", "-n", help="only the first N rows"),
+        chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="rows per chunk subflow"),
+    ) -> None:
+        """Run edit_dataset over MANIFEST. The last line of output is the URI of results.parquet."""
+        from flows.edit_dataset import edit_dataset
+        from flows.manifest import ManifestError
+
+        config: dict[str, Any] | None = read_config_file(config_file)
+        try:
+            uri = edit_dataset(manifest_uri=manifest, store=store, profile=profile, config=config,
+                               chunk_size=chunk_size, limit=limit)
+        except ManifestError as e:
+            raise fail(str(e), 2) from e
+        except Exception as e:  # noqa: BLE001 - the flow already logged it
+            raise fail(f"{type(e).__name__}: {e}") from e
+        summarize_results(uri, store, profile, config)
+        typer.echo(uri)
+
+
+def summarize_results(uri: str, store: str | None, profile: str | None, config: dict[str, Any] | None) -> None:
+    import io
+
+    import pyarrow.parquet as pq
+
+    from flows.edit_image import resolve_settings
+    from storage import ArtifactStore
+
+    s = resolve_settings(profile, config, store)
+    st = ArtifactStore.from_config(s.store)
+    rows = pq.read_table(io.BytesIO(st.get_bytes(st.key_for(uri)))).to_pylist()
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    typer.echo("rows: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), err=True)
+    for r in rows:
+        if r["status"] in ("failed", "invalid"):
+            typer.echo(f"  {r['image_id']}: {r['error']}", err=True)
