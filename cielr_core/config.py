@@ -205,7 +205,13 @@ class OrchestrationConfig(Section):
     retry_delay_s: float = 2.0
     retry_jitter_factor: float = 0.5
     stage_timeout_s: float = 1800.0
-    gpu_tag: str = "gpu"
+    gpu_tag: str = Field(default="gpu", json_schema_extra=NO_DIGEST,
+                         description="tag on GPU-stage tasks; a tag concurrency limit on it caps GPU use per worker")
+    dask_workers: int = Field(default=2, json_schema_extra=NO_DIGEST, description="LocalCluster workers (--runner dask)")
+    dask_gpus_per_worker: float = Field(default=1.0, json_schema_extra=NO_DIGEST)
+    dask_gpu_per_image: float = Field(
+        default=0.0, json_schema_extra=NO_DIGEST,
+        description="GPU resource each image task asks Dask for (0 = no resource annotation, e.g. on CPU)")
 
 
 class EvalConfig(Section):
@@ -341,12 +347,15 @@ def _tiny_profile() -> dict[str, Any]:
 
 # Hydra overrides that shrink SAM2.1-tiny's Hiera trunk to toy size (image_size stays 1024: the
 # image predictor hard-codes feature sizes derived from it). Written here so the tiny model
-# factory and the tiny profile agree.
+# factory and the tiny profile agree. Verified with sam2 1.1.0 (build_sam2 + automatic mask
+# generator on CPU, ~2.9M parameters): stage ends are blocks [0,1,3,4] and q-pooling happens in
+# blocks [1,2,4], so the global-attention block must be one that is neither (a global block with
+# q-pooling divides by a zero window size); block 3 is the second block of stage 3.
 TINY_SAM2_OVERRIDES: list[str] = [
     "++model.image_encoder.trunk.embed_dim=24",
     "++model.image_encoder.trunk.num_heads=1",
-    "++model.image_encoder.trunk.stages=[1,1,1,1]",
-    "++model.image_encoder.trunk.global_att_blocks=[2]",
+    "++model.image_encoder.trunk.stages=[1,1,2,1]",
+    "++model.image_encoder.trunk.global_att_blocks=[3]",
     "++model.image_encoder.trunk.window_pos_embed_bkg_spatial_size=[7,7]",
     "++model.image_encoder.neck.backbone_channel_list=[192,96,48,24]",
     "++model.image_encoder.neck.d_model=64",

@@ -1,1 +1,1 @@
-"""Prefect deployments, work-pool job templates and the deploy helper."""
+"""Prefect deployments: prefect.yaml, work-pool job templates and the deploy helper."""

@@ -9,12 +9,14 @@ results table and a markdown summary.
 
 from __future__ import annotations
 
+import io
 import uuid
-from typing import Any
+from contextlib import ExitStack, contextmanager
+from typing import Any, Iterator, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -44,15 +46,76 @@ def results_table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist([{name: r.get(name) for name, _ in RESULT_COLUMNS} for r in rows], schema=schema)
 
 
+def _run_row(stages: Stages, s, r: dict[str, Any]) -> dict[str, Any]:
+    return run_image(stages, s, image_id=r["image_id"], image_uri=r["image_uri"], instruction=r["instruction"],
+                     seed=r.get("seed"))
+
+
+@task(name="edit-one-image", persist_result=False)
+def process_image(row: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """One row as a task of its own, so a distributed task runner (Dask) can place it on a worker;
+    its stage tasks run (and hit the same caches) inside that worker process."""
+    s = runtime.settings(settings)
+    return _run_row(Stages.for_settings(s), s, row)
+
+
+def _failed_row(r: dict[str, Any], error: str) -> dict[str, Any]:
+    return {"image_id": r["image_id"], "image_uri": r["image_uri"], "instruction": r["instruction"],
+            "seed": r.get("seed"), "status": "failed", "error": error, "failed_stage": "worker"}
+
+
 @flow(name="edit-dataset-chunk")
-def process_chunk(rows: list[dict[str, Any]], settings: dict[str, Any]) -> list[dict[str, Any]]:
+def process_chunk(rows: list[dict[str, Any]], settings: dict[str, Any], distributed: bool = False) -> list[dict[str, Any]]:
     s = settings_from_dict(settings)
-    stages = Stages.for_settings(s)
-    return [
-        run_image(stages, s, image_id=r["image_id"], image_uri=r["image_uri"], instruction=r["instruction"],
-                  seed=r.get("seed"))
-        for r in rows
-    ]
+    if not distributed:
+        stages = Stages.for_settings(s)
+        return [_run_row(stages, s, r) for r in rows]
+    gpu = s.orchestration.dask_gpu_per_image
+    if gpu > 0:
+        import dask
+
+        with dask.annotate(resources={"GPU": gpu}):
+            futures = [process_image.submit(r, settings) for r in rows]
+    else:
+        futures = [process_image.submit(r, settings) for r in rows]
+    out = []
+    for r, f in zip(rows, futures):
+        state = f.wait() or f.state
+        if state.is_completed():
+            out.append(f.result())
+        else:  # the worker died or the task crashed: the row is a failure, the chunk goes on
+            out.append(_failed_row(r, f"{state.name}: {state.message or 'task did not complete'}"))
+    return out
+
+
+@contextmanager
+def dask_runner(settings, address: str | None) -> Iterator[Any]:
+    """A DaskTaskRunner on the given scheduler, or on a LocalCluster started for this run.
+
+    Workers get ``resources={"GPU": n}`` (orchestration.dask_gpus_per_worker) on a LocalCluster;
+    with a remote scheduler, start workers with ``--resources GPU=1``. Each image task then asks
+    for ``orchestration.dask_gpu_per_image`` GPU, so Dask never places more images on a worker than
+    its GPUs allow."""
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError as e:  # pragma: no cover - extra not installed
+        raise RuntimeError("the dask runner needs prefect-dask: pip install 'cielr[dask]'") from e
+    orch = settings.orchestration
+    cluster = None
+    if address is None:
+        from distributed import LocalCluster
+
+        kwargs: dict[str, Any] = dict(n_workers=orch.dask_workers, threads_per_worker=1, processes=True,
+                                      dashboard_address=None)
+        if orch.dask_gpu_per_image > 0:
+            kwargs["resources"] = {"GPU": orch.dask_gpus_per_worker}
+        cluster = LocalCluster(**kwargs)
+        address = cluster.scheduler_address
+    try:
+        yield DaskTaskRunner(address=address)
+    finally:
+        if cluster is not None:
+            cluster.close()
 
 
 def summary_markdown(run_id: str, uri: str, rows: list[dict[str, Any]]) -> str:
@@ -79,12 +142,18 @@ def summary_markdown(run_id: str, uri: str, rows: list[dict[str, Any]]) -> str:
 def edit_dataset(
     manifest_uri: str,
     store: str | None = None,
-    profile: str | None = None,
+    profile: Literal["default", "tiny"] | None = None,
     config: dict[str, Any] | None = None,
     chunk_size: int | None = None,
     limit: int | None = None,
+    runner: Literal["default", "dask"] = "default",
+    dask_address: str | None = None,
 ) -> str:
-    """Edit every row of a manifest; returns the URI of results.parquet."""
+    """Edit every row of a manifest; returns the URI of results.parquet.
+
+    ``runner="dask"`` runs the images of each chunk as tasks on prefect-dask's DaskTaskRunner (a
+    LocalCluster, or the scheduler at ``dask_address``); results are the same rows as the default
+    (sequential, in-process) runner."""
     logger = get_run_logger()
     settings = resolve_settings(profile, config, store)
     sd = settings_to_dict(settings)
@@ -101,16 +170,18 @@ def edit_dataset(
     results: list[dict[str, Any]] = [{**r, "status": "invalid"} for r in manifest.rejected]
     progress = create_progress_artifact(progress=0.0, key="edit-dataset-progress",
                                         description=f"edit_dataset over {manifest_uri}")
-    for start in range(0, len(manifest.rows), chunk):
-        part = manifest.rows[start:start + chunk]
-        results.extend(process_chunk.with_options(name=f"edit-dataset-chunk-{start // chunk}")(part, sd))
-        done = len(results)
-        update_progress_artifact(progress, progress=100.0 * done / max(1, total))
-        logger.info("%d/%d rows done", done, total)
+    with ExitStack() as stack:
+        chunk_flow = process_chunk
+        if runner == "dask":
+            chunk_flow = process_chunk.with_options(task_runner=stack.enter_context(dask_runner(settings, dask_address)))
+        for start in range(0, len(manifest.rows), chunk):
+            part = manifest.rows[start:start + chunk]
+            results.extend(chunk_flow.with_options(name=f"edit-dataset-chunk-{start // chunk}")(
+                part, sd, distributed=runner == "dask"))
+            update_progress_artifact(progress, progress=100.0 * len(results) / max(1, total))
+            logger.info("%d/%d rows done", len(results), total)
     update_progress_artifact(progress, progress=100.0)
     key = f"runs/{run_id}/results.parquet"
-    import io
-
     buf = io.BytesIO()
     pq.write_table(results_table(results), buf)
     st.put_bytes(key, buf.getvalue(), overwrite=False)

@@ -182,6 +182,8 @@ def run_image(
             s["step"].get("reason") or "no target" for s in steps) or "no sub-tasks"
     except StageFailed as e:
         row.update(status="failed", error=str(e), failed_stage=e.stage)
+    except Exception as e:  # noqa: BLE001 - a bug between stages must not stop the other rows
+        row.update(status="failed", error=f"pipeline: {type(e).__name__}: {e}", failed_stage="pipeline")
     row["cache_hits"] = run.cached
     row["task_runs"] = run.calls
     row["cached_stages"] = ",".join(

@@ -18,15 +18,22 @@ def register(app: typer.Typer) -> None:
         config_file: Optional[str] = ConfigFileOpt,
         limit: Optional[int] = typer.Option(None, "--limit", "-n", help="only the first N rows"),
         chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="rows per chunk subflow"),
+        runner: str = typer.Option("default", "--runner", help="default (in-process) or dask (prefect-dask)"),
+        dask_address: Optional[str] = typer.Option(
+            None, "--dask-address", help="Dask scheduler (tcp://host:8786); default: a LocalCluster for this run"),
     ) -> None:
         """Run edit_dataset over MANIFEST. The last line of output is the URI of results.parquet."""
         from flows.edit_dataset import edit_dataset
         from flows.manifest import ManifestError
 
+        if runner not in ("default", "dask"):
+            raise fail("--runner must be default or dask", 2)
+        if dask_address and runner != "dask":
+            raise fail("--dask-address needs --runner dask", 2)
         config: dict[str, Any] | None = read_config_file(config_file)
         try:
             uri = edit_dataset(manifest_uri=manifest, store=store, profile=profile, config=config,
-                               chunk_size=chunk_size, limit=limit)
+                               chunk_size=chunk_size, limit=limit, runner=runner, dask_address=dask_address)
         except ManifestError as e:
             raise fail(str(e), 2) from e
         except Exception as e:  # noqa: BLE001 - the flow already logged it

@@ -1,0 +1,140 @@
+"""The deploy helper behind `cielr deploy`.
+
+It only drives Prefect's own mechanisms: it creates the work pool (with our base job template for
+the pool type) and the GPU concurrency limit if they are missing, then applies
+``deployments/prefect.yaml`` with ``prefect deploy``, passing the values that the YAML reads from
+``{{ $CIELR_* }}`` placeholders through the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+PROJECT_DIR = HERE.parent
+PREFECT_FILE = HERE / "prefect.yaml"
+POOL_TYPES = ("process", "docker", "kubernetes")
+IMAGE_PROJECT_DIR = "/opt/cielr"  # where deployments/Dockerfile puts the project
+DEFAULT_CRON = "0 2 * * *"
+
+# deployment name -> entrypoint file that must exist for it to be applied
+DEPLOYMENTS = {"nightly": "flows/edit_dataset.py", "evaluate": "flows/evaluate.py"}
+
+
+def template_path(pool_type: str) -> Path:
+    if pool_type not in POOL_TYPES:
+        raise ValueError(f"unknown pool type {pool_type!r}; choose one of {', '.join(POOL_TYPES)}")
+    return HERE / f"{pool_type}-pool.json"
+
+
+def load_template(pool_type: str) -> dict[str, Any]:
+    with open(template_path(pool_type)) as f:
+        return json.load(f)
+
+
+def variable_defaults(template: dict[str, Any]) -> dict[str, Any]:
+    props = template["variables"].get("properties", {})
+    return {k: v["default"] for k, v in props.items() if "default" in v}
+
+
+def render_job_configuration(pool_type: str, job_variables: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The job configuration a worker of this pool type would receive (defaults < job variables),
+    rendered with Prefect's own templating."""
+    from prefect.utilities.templating import apply_values
+
+    template = load_template(pool_type)
+    values = {**variable_defaults(template), **(job_variables or {})}
+    return apply_values(template["job_configuration"], values)
+
+
+@dataclass
+class DeployOptions:
+    pool: str = "cielr-gpu"
+    pool_type: str = "process"
+    manifest: str = ""
+    store: str = "./cielr-data"
+    profile: str = "default"
+    cron: str = DEFAULT_CRON
+    timezone: str = "UTC"
+    gpu_tag: str | None = None  # default: gpu:<pool>
+    gpu_limit: int = 1
+    cuda_visible_devices: str = "0"
+    project_dir: str | None = None
+    names: list[str] = field(default_factory=list)  # default: every deployment whose entrypoint exists
+
+    @property
+    def tag(self) -> str:
+        return self.gpu_tag or f"gpu:{self.pool}"
+
+    def deploy_env(self) -> dict[str, str]:
+        project_dir = self.project_dir or (str(PROJECT_DIR) if self.pool_type == "process" else IMAGE_PROJECT_DIR)
+        return {
+            "CIELR_POOL": self.pool,
+            "CIELR_MANIFEST": self.manifest,
+            "CIELR_STORE": self.store,
+            "CIELR_PROFILE": self.profile,
+            "CIELR_CRON": self.cron,
+            "CIELR_TIMEZONE": self.timezone,
+            "CIELR_GPU_TAG": self.tag,
+            "CIELR_CUDA_VISIBLE_DEVICES": self.cuda_visible_devices,
+            "CIELR_PROJECT_DIR": project_dir,
+        }
+
+    def deployment_names(self) -> list[str]:
+        if self.names:
+            unknown = [n for n in self.names if n not in DEPLOYMENTS]
+            if unknown:
+                raise ValueError(f"unknown deployment(s) {', '.join(unknown)}; known: {', '.join(DEPLOYMENTS)}")
+            return list(self.names)
+        return [n for n, entry in DEPLOYMENTS.items() if (PROJECT_DIR / entry).exists()]
+
+
+async def ensure_pool(name: str, pool_type: str) -> str:
+    """Create the work pool with our base job template unless it exists. Returns 'created'/'exists'."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    async with get_client() as client:
+        try:
+            await client.read_work_pool(name)
+            return "exists"
+        except ObjectNotFound:
+            pass
+        await client.create_work_pool(
+            WorkPoolCreate(name=name, type=pool_type, base_job_template=load_template(pool_type))
+        )
+        return "created"
+
+
+async def ensure_gpu_limit(tag: str, limit: int) -> None:
+    """A tag concurrency limit: at most ``limit`` GPU-stage task runs carrying ``tag`` at once.
+    Each worker's runs carry their own tag (gpu:<worker>), so one machine's GPU is never
+    oversubscribed while other machines work in parallel."""
+    from prefect import get_client
+
+    async with get_client() as client:
+        await client.create_concurrency_limit(tag=tag, concurrency_limit=limit)  # upsert
+
+
+def apply_deployments(opts: DeployOptions, *, prefect_file: Path = PREFECT_FILE) -> list[str]:
+    """Run `prefect deploy` on prefect.yaml for the selected deployments; returns their full names."""
+    names = opts.deployment_names()
+    if not names:
+        raise RuntimeError("no deployment to apply (no entrypoint file found)")
+    cmd = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--prefect-file", str(prefect_file)]
+    for n in names:
+        cmd += ["--name", n]
+    env = {**os.environ, **opts.deploy_env(), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    proc = subprocess.run(cmd, cwd=PROJECT_DIR, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr).strip()[-3000:]
+        raise RuntimeError(f"prefect deploy failed (exit {proc.returncode}):\n{tail}")
+    flows = {"nightly": "edit-dataset", "evaluate": "evaluate"}
+    return [f"{flows[n]}/{n}" for n in names]

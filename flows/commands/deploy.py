@@ -1,0 +1,53 @@
+"""`cielr deploy`: work pool + GPU concurrency limit + the deployments of deployments/prefect.yaml."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from flows.commands.common import fail
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("deploy")
+    def deploy(
+        manifest: str = typer.Option(..., "--manifest", "-m", help="manifest URI the nightly run edits"),
+        store: str = typer.Option(..., "--store", "-s", help="artifact store URL (shared storage, e.g. s3://bucket/cielr)"),
+        pool_type: str = typer.Option("process", "--pool-type", help="process | docker | kubernetes"),
+        pool: str = typer.Option("cielr-gpu", "--pool", help="work pool name (created if missing)"),
+        profile: str = typer.Option("default", "--profile", "-p", help="config profile the runs use"),
+        cron: str = typer.Option("0 2 * * *", "--cron", help="schedule of the nightly deployment"),
+        timezone: str = typer.Option("UTC", "--timezone", help="time zone of the cron schedule"),
+        gpu_tag: Optional[str] = typer.Option(None, "--gpu-tag", help="GPU concurrency tag (default gpu:<pool>)"),
+        gpu_limit: int = typer.Option(1, "--gpu-limit", min=1, help="GPU-stage task runs at once under that tag"),
+        cuda_visible_devices: str = typer.Option("0", "--cuda-visible-devices", help="GPU(s) the runs see"),
+        project_dir: Optional[str] = typer.Option(
+            None, "--project-dir", help="where workers find the project (default: here for process, /opt/cielr in the image)"),
+        name: Optional[List[str]] = typer.Option(None, "--name", help="deployment(s) to apply (default: all)"),
+    ) -> None:
+        """Create the work pool and the GPU concurrency limit if missing, then apply the deployments
+        (same as `prefect --no-prompt deploy --prefect-file deployments/prefect.yaml` with the
+        CIELR_* placeholders filled in). Then start a worker: `prefect worker start --pool POOL`."""
+        import asyncio
+
+        from deployments.helper import POOL_TYPES, DeployOptions, apply_deployments, ensure_gpu_limit, ensure_pool
+
+        if pool_type not in POOL_TYPES:
+            raise fail(f"--pool-type must be one of {', '.join(POOL_TYPES)}", 2)
+        if profile not in ("default", "tiny"):
+            raise fail("--profile must be default or tiny", 2)
+        opts = DeployOptions(pool=pool, pool_type=pool_type, manifest=manifest, store=store, profile=profile,
+                             cron=cron, timezone=timezone, gpu_tag=gpu_tag, gpu_limit=gpu_limit,
+                             cuda_visible_devices=cuda_visible_devices, project_dir=project_dir, names=name or [])
+        try:
+            status = asyncio.run(ensure_pool(pool, pool_type))
+            typer.echo(f"work pool {pool} ({pool_type}): {status}", err=True)
+            asyncio.run(ensure_gpu_limit(opts.tag, gpu_limit))
+            typer.echo(f"concurrency limit: tag {opts.tag} = {gpu_limit}", err=True)
+            names = apply_deployments(opts)
+        except Exception as e:  # noqa: BLE001
+            raise fail(f"{type(e).__name__}: {e}") from e
+        typer.echo(f"start a worker with: prefect worker start --pool {pool}", err=True)
+        for n in names:
+            typer.echo(n)

@@ -1,0 +1,286 @@
+"""edit_dataset / edit_image end to end on the real Prefect engine, with tiny real models.
+
+Real parts only: Prefect's engine and API (the session's test harness), moto's S3 server reached by
+s3fs, tiny random-weight SAM2 / OWLv2 / DepthAnything / Qwen2 / SD-inpaint loaded by their real
+classes. Random weights make the edits meaningless, so these tests check the orchestration:
+statuses, outputs, caching, retries, failure isolation, resume.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from cielr_core import models
+from flows.commands.demo import write_demo_inputs
+from flows.manifest import write_manifest
+from storage import ArtifactStore
+from tasks import runtime
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+STAGE_NAMES = ("segment", "detect", "depth", "merge")
+
+
+def _config(tiny_models_dir: Path, **extra) -> dict:
+    cfg = {"models_dir": str(tiny_models_dir), "orchestration": {"retry_delay_s": 0.0, "retry_jitter_factor": 0.0}}
+    for k, v in extra.items():
+        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
+    return cfg
+
+
+def _rows(store: ArtifactStore, uri: str) -> list[dict]:
+    return pq.read_table(io.BytesIO(store.get_bytes(store.key_for(uri)))).to_pylist()
+
+
+def _stage_counts(row: dict) -> dict[str, tuple[int, int]]:
+    """'segment:1/1,detect:0/1' -> {'segment': (1, 1), 'detect': (0, 1)}  (cached, calls)."""
+    out = {}
+    for part in filter(None, (row.get("cached_stages") or "").split(",")):
+        name, frac = part.split(":")
+        hit, calls = frac.split("/")
+        out[name] = (int(hit), int(calls))
+    return out
+
+
+def _fresh_process_state() -> None:
+    """What a new worker process would have: no models loaded, no stage objects built."""
+    models.clear()
+    runtime.reset()
+
+
+@pytest.fixture(scope="module")
+def bench3(tmp_path_factory, ciebench_dir):
+    folder = tmp_path_factory.mktemp("bench3")
+    manifest, rows = write_demo_inputs(folder, str(ciebench_dir), 3)
+    return folder, manifest, rows
+
+
+@pytest.fixture(scope="module")
+def cold_run(prefect_harness, tiny_models_dir, bench3, tmp_path_factory):
+    """One cold edit_dataset run over 3 CIEBench photos on a local store (shared by several tests)."""
+    from flows.edit_dataset import edit_dataset
+
+    folder, manifest, _ = bench3
+    store_url = str(tmp_path_factory.mktemp("store-local"))
+    cfg = _config(tiny_models_dir)
+    _fresh_process_state()
+    uri = edit_dataset(manifest_uri=str(manifest), store=store_url, profile="tiny", config=cfg)
+    return store_url, cfg, uri
+
+
+def test_edit_dataset_local_store_end_to_end(cold_run, bench3):
+    store_url, _, uri = cold_run
+    _, _, inputs = bench3
+    st = ArtifactStore(store_url)
+    assert uri.endswith("/results.parquet") and "/runs/" in uri
+    rows = _rows(st, uri)
+    assert [r["image_id"] for r in rows] == [r["image_id"] for r in inputs]
+    for row, src in zip(rows, inputs):
+        assert row["status"] in ("ok", "no_target"), f"{row['image_id']}: {row['error']}"
+        counts = _stage_counts(row)
+        for stage in ("load", "merge", "decompose"):
+            assert counts[stage][0] == 0, f"a cold run on an empty store cannot hit the {stage} cache"
+        edited = st.get_png(st.key_for(row["edited_uri"]))
+        original = np.asarray(Image.open(src["image_uri"]).convert("RGB"))
+        assert edited.shape == original.shape
+        mask = st.get_mask(st.key_for(row["mask_uri"]))
+        assert mask.shape == original.shape[:2]
+        # mask.png is exactly the region allowed to differ from the input
+        assert np.array_equal(edited[~mask], original[~mask])
+        assert st.get_json(st.key_for(row["ssr_uri"]))["objects"] is not None
+        trace = st.get_bytes(st.key_for(row["trace_uri"]))
+        assert b"decompose" in trace
+        for stage in ("load", "segment", "detect", "depth", "merge", "decompose", "finalize"):
+            assert row[f"t_{stage}"] > 0
+
+
+def test_second_run_is_all_cached_without_loading_models(cold_run, bench3):
+    from flows.edit_dataset import edit_dataset
+
+    store_url, cfg, first_uri = cold_run
+    _, manifest, _ = bench3
+    _fresh_process_state()
+    uri = edit_dataset(manifest_uri=str(manifest), store=store_url, profile="tiny", config=cfg)
+    assert uri != first_uri, "each run writes its own results.parquet; none is overwritten"
+    st = ArtifactStore(store_url)
+    first = {r["image_id"]: r for r in _rows(st, first_uri)}
+    for row in _rows(st, uri):
+        assert row["task_runs"] > 0 and row["cache_hits"] == row["task_runs"], row["cached_stages"]
+        assert row["edited_uri"] == first[row["image_id"]]["edited_uri"]
+        assert row["status"] == first[row["image_id"]]["status"]
+    assert models.stats() == {}, f"a fully cached run loaded models: {models.stats()}"
+
+
+def test_llm_only_change_reuses_every_ssr(cold_run, bench3):
+    from flows.edit_dataset import edit_dataset
+
+    store_url, cfg, _ = cold_run
+    _, manifest, _ = bench3
+    changed = _config(Path(cfg["models_dir"]), llm={"max_new_tokens": 1000})
+    _fresh_process_state()
+    uri = edit_dataset(manifest_uri=str(manifest), store=store_url, profile="tiny", config=changed)
+    st = ArtifactStore(store_url)
+    for row in _rows(st, uri):
+        counts = _stage_counts(row)
+        for stage in ("load", *STAGE_NAMES):
+            hit, calls = counts[stage]
+            # step 0's perception is the cold run's; later steps perceive edited images, also cached
+            assert hit == calls, f"{row['image_id']}: {stage} recomputed after an LLM-only change ({row['cached_stages']})"
+        assert counts["decompose"] == (0, 1), f"the LLM stage must re-run: {row['cached_stages']}"
+
+
+def test_edit_dataset_on_s3(prefect_harness, tiny_models_dir, bench3, moto_server, s3_bucket, monkeypatch):
+    """Store, Prefect results and cache records on S3 (moto's server), images read from disk."""
+    import s3fs
+
+    from flows.edit_dataset import edit_dataset
+
+    _, manifest, inputs = bench3
+    monkeypatch.setenv("CIELR_STORE__ENDPOINT_URL", moto_server)
+    monkeypatch.setenv("CIELR_STORE__KEY", "testing")
+    monkeypatch.setenv("CIELR_STORE__SECRET", "testing")
+    store_url = f"s3://{s3_bucket}/cielr"
+    _fresh_process_state()
+    uri = edit_dataset(manifest_uri=str(manifest), store=store_url, profile="tiny",
+                       config=_config(tiny_models_dir))
+    assert uri.startswith(f"s3://{s3_bucket}/cielr/runs/")
+    fs = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": moto_server},
+                           skip_instance_cache=True)
+    rows = pq.read_table(io.BytesIO(fs.cat(uri))).to_pylist()
+    assert len(rows) == len(inputs)
+    for row in rows:
+        assert row["status"] in ("ok", "no_target"), f"{row['image_id']}: {row['error']}"
+        assert row["edited_uri"].startswith(f"s3://{s3_bucket}/cielr/out/")
+        assert fs.exists(row["edited_uri"])
+    assert fs.ls(f"{s3_bucket}/cielr/prefect"), "Prefect results and cache records live on the store"
+    # the re-run finds everything in S3
+    _fresh_process_state()
+    uri2 = edit_dataset(manifest_uri=str(manifest), store=store_url, profile="tiny", config=_config(tiny_models_dir))
+    for row in pq.read_table(io.BytesIO(fs.cat(uri2))).to_pylist():
+        assert row["cache_hits"] == row["task_runs"], row["cached_stages"]
+
+
+def test_transient_store_failure_is_retried_and_bad_image_is_not(prefect_harness, tiny_models_dir, bench3, tmp_path,
+                                                                  monkeypatch):
+    from flows.edit_image import edit_image
+    from storage.store import StoreError
+
+    _, _, inputs = bench3
+    calls: dict[str, int] = {"depth": 0, "load": 0}
+    real_put_array = ArtifactStore.put_array
+
+    def flaky_put_array(self, key, *a, **kw):
+        if key.startswith("depth/"):
+            calls["depth"] += 1
+            if calls["depth"] == 1:
+                raise StoreError(f"{self.url}: simulated outage while writing {key}")
+        return real_put_array(self, key, *a, **kw)
+
+    monkeypatch.setattr(ArtifactStore, "put_array", flaky_put_array)
+    _fresh_process_state()
+    row = edit_image(image_uri=inputs[0]["image_uri"], instruction=inputs[0]["instruction"], profile="tiny",
+                     config=_config(tiny_models_dir), store=str(tmp_path / "store"))
+    assert row["status"] in ("ok", "no_target"), row["error"]
+    assert calls["depth"] == 2, "the depth task failed once (transient) and succeeded on its retry"
+
+    # bad input is not retried: a corrupt file fails once, with a message naming it
+    import tasks.images as ti
+
+    real_decode = ti.decode_image
+
+    def counting_decode(*a, **kw):
+        calls["load"] += 1
+        return real_decode(*a, **kw)
+
+    monkeypatch.setattr(ti, "decode_image", counting_decode)
+    bad = tmp_path / "corrupt.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
+    row = edit_image(image_uri=str(bad), instruction="remove the cup", profile="tiny",
+                     config=_config(tiny_models_dir), store=str(tmp_path / "store"))
+    assert row["status"] == "failed" and row["failed_stage"] == "load"
+    assert "corrupt.png" in row["error"]
+    assert calls["load"] == 1, "bad input must not be retried"
+
+
+def test_bad_rows_are_reported_and_the_rest_completes(prefect_harness, tiny_models_dir, bench3, tmp_path):
+    from flows.edit_dataset import edit_dataset
+
+    folder, _, inputs = bench3
+    images = folder / "images"
+    (images / "truncated.png").write_bytes(Path(inputs[0]["image_uri"]).read_bytes()[:300])
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(Path(inputs[0]["image_uri"]).read_bytes())
+    good = inputs[0]
+    rows = [
+        {"image_id": "good", "image_uri": good["image_uri"], "instruction": good["instruction"]},
+        {"image_id": "truncated", "image_uri": str(images / "truncated.png"), "instruction": "remove the cup"},
+        {"image_id": "../escape", "image_uri": good["image_uri"], "instruction": "remove the cup"},
+        {"image_id": "good", "image_uri": good["image_uri"], "instruction": "duplicate id"},
+        {"image_id": "outside", "image_uri": str(outside), "instruction": "remove the cup"},
+        {"image_id": "no-instruction", "image_uri": good["image_uri"], "instruction": ""},
+        {"image_id": "missing-file", "image_uri": str(images / "nope.png"), "instruction": "remove the cup"},
+    ]
+    manifest = write_manifest(rows, str(folder / "bad-manifest.parquet"))
+    store_url = str(tmp_path / "store")
+    uri = edit_dataset(manifest_uri=manifest, store=store_url, profile="tiny", config=_config(tiny_models_dir))
+    by_id: dict[str, list[dict]] = {}
+    for r in _rows(ArtifactStore(store_url), uri):
+        by_id.setdefault(r["image_id"], []).append(r)
+    assert len(sum(by_id.values(), [])) == len(rows), "every row ends in results.parquet"
+    statuses = sorted(r["status"] for r in by_id["good"])
+    assert statuses[0] in ("ok", "no_target") and statuses[1] == "invalid"
+    assert "duplicate image_id" in [r for r in by_id["good"] if r["status"] == "invalid"][0]["error"]
+    assert by_id["truncated"][0]["status"] == "failed" and by_id["truncated"][0]["failed_stage"] == "load"
+    assert "truncated.png" in by_id["truncated"][0]["error"]
+    assert by_id["../escape"][0]["status"] == "invalid" and "unsafe image_id" in by_id["../escape"][0]["error"]
+    assert by_id["outside"][0]["status"] == "invalid" and "outside the allowed input roots" in by_id["outside"][0]["error"]
+    assert by_id["no-instruction"][0]["status"] == "invalid" and "missing instruction" in by_id["no-instruction"][0]["error"]
+    assert by_id["missing-file"][0]["status"] == "failed" and "no such file" in by_id["missing-file"][0]["error"]
+
+
+def test_killed_run_resumes_without_recomputing_finished_rows(prefect_harness, tiny_models_dir, bench3, tmp_path):
+    """`cielr run` in a subprocess is killed (SIGKILL) after its first image is finished; the re-run
+    completes the rest and takes the finished image entirely from the cache."""
+    from prefect.settings import PREFECT_API_URL
+
+    _, manifest, inputs = bench3
+    store_url = tmp_path / "store"
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "CIELR_MODELS_DIR": str(tiny_models_dir),
+           "CIELR_ORCHESTRATION__RETRY_DELAY_S": "0"}
+    cmd = [sys.executable, "-m", "flows.cli", "run", str(manifest), "--store", str(store_url), "--profile", "tiny"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.monotonic() + 600
+    finished: list[Path] = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        finished = list(store_url.glob("out/*/*/*/trace.json"))
+        if finished:
+            break
+        time.sleep(0.1)
+    assert finished, f"no image finished before the deadline (exit {proc.poll()}): {proc.stdout.read().decode()[-2000:]}"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not list(store_url.glob("runs/*/results.parquet")), "killed before the end: no results yet"
+    n_done = len(list(store_url.glob("out/*/*/*/trace.json")))
+    assert n_done < len(inputs), "killed too late to test resuming; the first rows finished too fast"
+
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    uri = done.stdout.strip().splitlines()[-1]
+    rows = _rows(ArtifactStore(str(store_url)), uri)
+    assert all(r["status"] in ("ok", "no_target") for r in rows), [r["error"] for r in rows]
+    fully_cached = [r for r in rows if r["cache_hits"] == r["task_runs"]]
+    assert len(fully_cached) >= n_done, [r["cached_stages"] for r in rows]
+    assert any(r["cache_hits"] < r["task_runs"] for r in rows), "the unfinished rows were computed now"
