@@ -1,0 +1,103 @@
+"""What every benchmark loader shares: the row list with its rejected entries, the Parquet
+manifest writer and the GT-mask reader.
+
+A loader returns :class:`BenchmarkRows`: a list of row dicts (``image_id``, ``image_uri``,
+``instruction``, ``mask_uri``, ``reference_text`` and benchmark-specific extras) plus
+``rejected`` (one dict per bad entry, with ``source`` and ``error``) — a bad entry is reported,
+never fatal. URIs are absolute local paths; ``root`` is the benchmark folder (add it to
+``limits.allowed_input_roots`` when the manifest is written elsewhere).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from cielr_core.metrics.pixel import fit_mask
+
+MANIFEST_COLUMNS: list[tuple[str, pa.DataType]] = [
+    ("image_id", pa.string()), ("image_uri", pa.string()), ("instruction", pa.string()), ("seed", pa.int64()),
+    ("mask_uri", pa.string()), ("reference_text", pa.string()),
+]
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+_SAFE_ID = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class BenchmarkRows(list):
+    """Rows of one benchmark (a ``list`` of dicts) with the entries that could not be used."""
+
+    def __init__(self, rows: Iterable[dict[str, Any]] = (), *, benchmark: str = "", root: str = "",
+                 rejected: list[dict[str, Any]] | None = None):
+        super().__init__(rows)
+        self.benchmark = benchmark
+        self.root = root
+        self.rejected: list[dict[str, Any]] = list(rejected or [])
+
+    def reject(self, source: str, error: str, **extra: Any) -> None:
+        self.rejected.append({"source": source, "error": error, **extra})
+
+    def summary(self) -> str:
+        s = f"{self.benchmark}: {len(self)} samples"
+        if self.rejected:
+            s += f", {len(self.rejected)} rejected: " + "; ".join(f"{r['source']}: {r['error']}" for r in self.rejected[:5])
+            if len(self.rejected) > 5:
+                s += f" (+{len(self.rejected) - 5} more)"
+        return s
+
+
+def safe_id(text: str) -> str:
+    """An id that the manifest accepts (letters, digits, ``._-``; starts with a letter or digit)."""
+    s = _SAFE_ID.sub("-", str(text)).strip("-._")[:128]
+    return s or "x"
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """``(width, height)`` from the file header (raises ``OSError`` for an unreadable file)."""
+    with Image.open(path) as im:
+        return im.size
+
+
+def load_gt_mask(uri: str, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A GT mask as bool, binarised ``> 127`` (8-bit masks with anti-aliased edges; RGB/RGBA masks
+    use their luminance). With ``size = (width, height)`` a mask stored at another size is resized
+    nearest-neighbour to it (CIEBench sample 5)."""
+    with Image.open(os.path.expanduser(uri)) as im:
+        m = np.asarray(im.convert("L"))
+    if size is None:
+        return m > 127
+    return fit_mask(m, (size[1], size[0]))
+
+
+def to_manifest(rows: Iterable[dict[str, Any]], path: str | os.PathLike, *, extra_columns: Iterable[str] = ()) -> str:
+    """Write rows as a Parquet manifest (columns ``image_id``, ``image_uri``, ``instruction``,
+    ``seed``, ``mask_uri``, ``reference_text``, then ``extra_columns`` as strings) and return
+    the path. Written to a temporary file and renamed, so a reader never sees half a file."""
+    rows = list(rows)
+    fields = list(MANIFEST_COLUMNS) + [(c, pa.string()) for c in extra_columns]
+    schema = pa.schema(fields)
+    data = []
+    for r in rows:
+        rec = {}
+        for name, typ in fields:
+            v = r.get(name)
+            if v is not None and typ == pa.string() and not isinstance(v, str):
+                v = str(v)
+            rec[name] = v
+        data.append(rec)
+    table = pa.Table.from_pylist(data, schema=schema)
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def natural_key(s: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s)]
