@@ -40,10 +40,11 @@ def register(app: typer.Typer) -> None:
         s = settings_or_exit(profile, config_file)
         problems = 0
 
-        def report(ok: bool, what: str, fix: str = "") -> None:
+        def report(ok: bool, what: str, fix: str = "", warn_only: bool = False) -> None:
             nonlocal problems
-            problems += 0 if ok else 1
-            typer.echo(f"[{'ok' if ok else '!!'}] {what}" + ("" if ok or not fix else f"\n     fix: {fix}"))
+            problems += 0 if ok or warn_only else 1
+            mark = "ok" if ok else ("--" if warn_only else "!!")
+            typer.echo(f"[{mark}] {what}" + ("" if ok or not fix else f"\n     fix: {fix}"))
 
         import torch
 
@@ -51,7 +52,8 @@ def register(app: typer.Typer) -> None:
             report(True, f"GPU: {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})")
         else:
             report(False, "GPU: none visible to torch (CPU only: fine for --profile tiny, slow for real models)",
-                   "run on a machine with an NVIDIA GPU and a CUDA build of torch (scripts/setup.sh installs one)")
+                   "run on a machine with an NVIDIA GPU and a CUDA build of torch (scripts/setup.sh installs one)",
+                   warn_only=s.profile == "tiny")
         for entry in _model_refs(s):
             if entry is None:
                 continue

@@ -23,13 +23,13 @@ def register(app: typer.Typer) -> None:
             None, "--dask-address", help="Dask scheduler (tcp://host:8786); default: a LocalCluster for this run"),
     ) -> None:
         """Run edit_dataset over MANIFEST. The last line of output is the URI of results.parquet."""
-        from flows.edit_dataset import edit_dataset
-        from flows.manifest import ManifestError
-
         if runner not in ("default", "dask"):
             raise fail("--runner must be default or dask", 2)
         if dask_address and runner != "dask":
             raise fail("--dask-address needs --runner dask", 2)
+        from flows.edit_dataset import edit_dataset
+        from flows.manifest import ManifestError
+
         config: dict[str, Any] | None = read_config_file(config_file)
         try:
             uri = edit_dataset(manifest_uri=manifest, store=store, profile=profile, config=config,

@@ -1,0 +1,153 @@
+"""`evaluate`: a benchmark through edit_dataset, then the paper's metrics and a report.
+
+    benchmark (e.g. ciebench:/data/ciebench) -> manifest in the store -> edit_dataset (cached stages
+    are re-used) -> one evaluate-sample task per edited sample -> metrics.parquet -> report.md,
+    report.html and Prefect artifacts, all in one report folder ``eval/<run_id>/``.
+
+A sample whose edit failed (or whose row was invalid) is a failed sample: it is in
+metrics.parquet with its error and counts as a failure in the aggregates; it is never dropped.
+One sample per input (no best-of-k).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import uuid
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.runtime import flow_run
+
+from cielr_core.config import settings_to_dict
+from flows.edit_dataset import edit_dataset
+from flows.edit_image import resolve_settings
+from storage import sha256_json
+from tasks import runtime
+from tasks.evaluation import evaluate_cache_key, evaluate_sample, from_jsonable
+from tasks.options import bind
+
+THUMB = 160
+
+
+def _manifest_in_store(st, rows: list[dict[str, Any]]) -> str:
+    """The benchmark's manifest, content-addressed in the store (so re-runs share one)."""
+    from cielr_core.benchmarks import to_manifest
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = to_manifest(rows, os.path.join(d, "manifest.parquet"))
+        data = open(path, "rb").read()
+    key = f"eval/manifests/{sha256_json([r['image_id'] for r in rows] + [r['image_uri'] for r in rows] + [r['instruction'] for r in rows])}.parquet"
+    if not st.exists(key):
+        st.put_bytes(key, data)
+    return st.uri_for(key)
+
+
+def _thumb(rgb, size: int = THUMB) -> bytes:
+    import cv2
+    import numpy as np
+
+    from storage.store import encode_png
+
+    h, w = rgb.shape[:2]
+    scale = size / max(h, w)
+    if scale < 1:
+        rgb = cv2.resize(np.ascontiguousarray(rgb), (max(1, round(w * scale)), max(1, round(h * scale))),
+                         interpolation=cv2.INTER_AREA)
+    return encode_png(rgb)
+
+
+@flow(name="evaluate")
+def evaluate(
+    benchmark: str,
+    store: str | None = None,
+    profile: Literal["default", "tiny"] | None = None,
+    config: dict[str, Any] | None = None,
+    limit: int | None = None,
+    results_uri: str | None = None,
+    protocol: Literal["masked", "smartedit"] | None = None,
+) -> str:
+    """Evaluate ``benchmark`` ("ciebench:PATH", "smartedit:PATH" or "magicbrush:PATH"). Re-uses
+    ``results_uri`` (a results.parquet of an earlier edit_dataset run) if given, else runs
+    edit_dataset (whose finished stages come from the cache). Returns the report folder's URI."""
+    from cielr_core.benchmarks import load_benchmark
+
+    logger = get_run_logger()
+    bench = load_benchmark(benchmark)
+    rows = list(bench)[: limit if limit is not None else None]
+    cfg = dict(config or {})
+    if protocol:
+        cfg["eval"] = {**cfg.get("eval", {}), "protocol": protocol}
+    settings = resolve_settings(profile, cfg, store)
+    roots = list(settings.limits.allowed_input_roots)
+    if bench.root and bench.root not in roots:
+        cfg["limits"] = {**cfg.get("limits", {}), "allowed_input_roots": roots + [bench.root]}
+        settings = resolve_settings(profile, cfg, store)
+    st = runtime.store(settings)
+    st.check()
+    logger.info("%s", bench.summary())
+    if results_uri is None:
+        manifest_uri = _manifest_in_store(st, rows)
+        results_uri = edit_dataset(manifest_uri=manifest_uri, store=store, profile=profile, config=cfg)
+    results = {r["image_id"]: r for r in pq.read_table(io.BytesIO(st.get_bytes(st.key_for(results_uri)))).to_pylist()}
+
+    sd = settings_to_dict(settings)
+    task = bind(evaluate_sample, settings, cache_key=evaluate_cache_key, gpu=True)
+    metric_rows: list[dict[str, Any]] = []
+    thumbs: dict[str, dict[str, bytes]] = {}
+    for sample in rows:
+        res = results.get(sample["image_id"])
+        base = {"image_id": sample["image_id"], "instruction": sample["instruction"],
+                "reference_text": sample.get("reference_text"),
+                "edit_status": res["status"] if res else "missing", "edited_uri": res.get("edited_uri") if res else None}
+        if res is None or res["status"] in ("failed", "invalid"):
+            metric_rows.append({**base, "status": "failed",
+                                "error": (res or {}).get("error") or "no result row for this sample"})
+            continue
+        state = task(sample=sample, result=res, settings=sd, return_state=True)
+        if not state.is_completed():
+            try:
+                state.result(raise_on_failure=True)
+                err = f"{state.name}: {state.message}"
+            except Exception as e:  # noqa: BLE001
+                err = f"evaluate: {type(e).__name__}: {e}"
+            metric_rows.append({**base, "status": "failed", "error": err})
+            continue
+        metric_rows.append({**base, "status": "ok", "error": None, **from_jsonable(state.result())})
+        try:
+            before = st.get_png(f"images/{res['image_sha256']}.png")
+            thumbs[sample["image_id"]] = {
+                "before": _thumb(before),
+                "after": _thumb(st.get_png(st.key_for(res["edited_uri"])))
+                , "mask": _thumb((st.get_mask(st.key_for(res["mask_uri"])) * 255).astype("uint8")[..., None].repeat(3, 2)),
+            }
+        except Exception as e:  # noqa: BLE001 - thumbnails are a convenience
+            logger.warning("no thumbnails for %s: %s", sample["image_id"], e)
+
+    run_id = str(flow_run.id or uuid.uuid4())
+    prefix = f"eval/{run_id}"
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(metric_rows), buf)
+    st.put_bytes(f"{prefix}/metrics.parquet", buf.getvalue(), overwrite=False)
+    from cielr_core import report
+
+    meta = {"benchmark": benchmark, "samples": len(rows), "results_uri": results_uri,
+            "protocol": settings.eval.protocol, "profile": settings.profile, "run_id": run_id,
+            "rejected": [f"{r['source']}: {r['error']}" for r in bench.rejected]}
+    md = report.render_markdown(metric_rows, meta=meta)
+    html = report.render_html(metric_rows, meta=meta, thumbnails=thumbs)
+    st.put_bytes(f"{prefix}/report.md", md.encode(), overwrite=False)
+    st.put_bytes(f"{prefix}/report.html", html.encode(), overwrite=False)
+    create_markdown_artifact(markdown=md, key="evaluate-report", description=f"evaluation of {benchmark}")
+    table = [{k: r.get(k) for k in ("image_id", "status", "psnr", "ssim", "lpips", "clip", "target_iou", "idcs", "error")}
+             for r in metric_rows[:500]]
+    create_table_artifact(table=[{k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in t.items()}
+                                 for t in table], key="evaluate-metrics", description="per-sample metrics")
+    uri = st.uri_for(prefix)
+    logger.info("report: %s", uri)
+    return uri

@@ -1,0 +1,74 @@
+"""Evaluation task: every metric of one edited sample against its ground truth."""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any
+
+from prefect import task
+
+from storage import sha256_json
+from tasks import runtime
+
+_judges_lock = threading.Lock()
+_judges: dict[str, tuple[Any, Any, str | None]] = {}
+
+
+def idcs_judges(s) -> tuple[Any, Any, str | None]:
+    """(vlm, llm, reason-if-missing) for IDCS, made once per process."""
+    from cielr_core.metrics import make_idcs_judges
+    from cielr_core.models import ModelUnavailableError
+
+    key = sha256_json([s.eval.vlm.digest(), s.llm.digest(), s.models_dir, s.eval.vlm.base_url, s.llm.base_url])
+    with _judges_lock:
+        if key not in _judges:
+            try:
+                vlm, llm = make_idcs_judges(s)
+                _judges[key] = (vlm, llm, None)
+            except ModelUnavailableError as e:
+                _judges[key] = (None, None, f"model unavailable: {e}")
+        return _judges[key]
+
+
+def eval_digest(s) -> str:
+    from cielr_core.metrics import METRICS_CODE_VERSION
+
+    return s.eval.digest(METRICS_CODE_VERSION, s.llm.digest())
+
+
+@task(name="evaluate-sample")
+def evaluate_sample(sample: dict[str, Any], result: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """Metrics of one sample (``sample``: benchmark row with mask_uri / reference_text; ``result``:
+    its results.parquet row). Returns a JSON-able metric row (``inf`` as the string "inf")."""
+    from cielr_core.benchmarks import load_gt_mask
+    from cielr_core.metrics import evaluate_sample as metrics_of, row_to_jsonable
+
+    s = runtime.settings(settings)
+    st = runtime.store(s)
+    before = st.get_png(f"images/{result['image_sha256']}.png")
+    after = st.get_png(st.key_for(result["edited_uri"]))
+    edited_mask = st.get_mask(st.key_for(result["mask_uri"]))
+    gt = load_gt_mask(sample["mask_uri"]) if sample.get("mask_uri") else None
+    vlm, llm, why = idcs_judges(s)
+    row = metrics_of(before, after, gt, edited_mask, sample["instruction"], sample.get("reference_text"),
+                     settings=s, vlm=vlm, llm=llm, idcs_missing_reason=why)
+    return row_to_jsonable(row)
+
+
+def evaluate_cache_key(p: dict[str, Any]) -> str:
+    s = runtime.settings(p["settings"])
+    sample, result = p["sample"], p["result"]
+    return "eval-" + sha256_json([
+        result["edited_uri"], result["mask_uri"], result["image_sha256"], sample.get("mask_uri"),
+        sample.get("reference_text"), sample["instruction"], eval_digest(s),
+    ])
+
+
+def from_jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    """Undo ``row_to_jsonable`` for the float metrics ("inf" -> inf)."""
+    out = dict(row)
+    for k, v in row.items():
+        if v in ("inf", "-inf"):
+            out[k] = math.inf if v == "inf" else -math.inf
+    return out

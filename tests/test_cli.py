@@ -1,0 +1,103 @@
+"""The `cielr` commands users run first: doctor, demo, edit, run (argument errors), eval."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from flows.cli import app
+from storage import ArtifactStore
+
+runner = CliRunner()
+
+
+def test_doctor_reports_each_check_with_a_fix(tiny_models_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("CIELR_MODELS_DIR", str(tiny_models_dir))
+    monkeypatch.setenv("CIELR_STORE__URL", str(tmp_path / "store"))
+    result = runner.invoke(app, ["doctor", "--profile", "tiny"])
+    out = result.output
+    assert "[ok] SAM2 weights" in out and "[ok] OWLv2 weights" in out and "[ok] store" in out
+    assert "GPU" in out
+    assert result.exit_code == 0, out  # a missing GPU is only a warning for the tiny profile
+
+    monkeypatch.setenv("CIELR_MODELS_DIR", str(tmp_path / "no-models"))
+    result = runner.invoke(app, ["doctor", "--profile", "tiny"])
+    assert result.exit_code == 1
+    assert "[!!] SAM2 weights" in result.output and "fix: cielr models tiny" in result.output
+
+
+def test_run_refuses_bad_arguments_clearly(tmp_path):
+    result = runner.invoke(app, ["run", str(tmp_path / "nope.parquet"), "--runner", "spark"])
+    assert result.exit_code == 2 and "--runner must be default or dask" in result.output
+    result = runner.invoke(app, ["run", str(tmp_path / "nope.parquet"), "--dask-address", "tcp://x:1"])
+    assert result.exit_code == 2 and "needs --runner dask" in result.output
+
+
+@pytest.mark.slow
+def test_run_reports_a_missing_manifest(prefect_harness, tmp_path):
+    result = runner.invoke(app, ["run", str(tmp_path / "nope.parquet"), "--store", str(tmp_path / "s")])
+    assert result.exit_code == 2
+    assert "nope.parquet: no such file" in result.output
+
+
+@pytest.mark.slow
+def test_edit_writes_the_six_outputs(prefect_harness, tiny_models_dir, ciebench_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("CIELR_MODELS_DIR", str(tiny_models_dir))
+    image = ciebench_dir / "1" / "1.png"
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["edit", str(image), "remove the object that tells the time", "--profile", "tiny",
+                                 "--store", str(tmp_path / "store"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1] == str(out)
+    for name in ("edited.png", "mask.png", "overlay.png", "ssr.json", "plan.json", "trace.json"):
+        assert (out / name).stat().st_size > 0, name
+    original = np.asarray(Image.open(image).convert("RGB"))
+    edited = np.asarray(Image.open(out / "edited.png").convert("RGB"))
+    mask = np.asarray(Image.open(out / "mask.png")).astype(bool)
+    assert edited.shape == original.shape and mask.shape == original.shape[:2]
+    assert np.array_equal(edited[~mask], original[~mask])
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_says_the_edits_are_meaningless(prefect_harness, tiny_models_dir, tmp_path,
+                                                                  monkeypatch):
+    monkeypatch.setenv("CIELR_MODELS_DIR", str(tiny_models_dir))
+    result = runner.invoke(app, ["demo", "--dir", str(tmp_path / "demo"), "-n", "1"])
+    assert result.exit_code == 0, result.output
+    uri = result.output.strip().splitlines()[-1]
+    assert uri.endswith("results.parquet")
+    assert "RANDOM weights" in result.output and "--profile default" in result.output
+    st = ArtifactStore(str(tmp_path / "demo" / "store"))
+    rows = pq.read_table(io.BytesIO(st.get_bytes(st.key_for(uri)))).to_pylist()
+    assert len(rows) == 1 and rows[0]["status"] in ("ok", "no_target"), rows
+
+
+@pytest.mark.slow
+def test_eval_writes_metrics_and_a_report(prefect_harness, tiny_models_dir, ciebench_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("CIELR_MODELS_DIR", str(tiny_models_dir))
+    store = tmp_path / "store"
+    result = runner.invoke(app, ["eval", "--benchmark", f"ciebench:{ciebench_dir}", "--store", str(store),
+                                 "--profile", "tiny", "--limit", "2"])
+    assert result.exit_code == 0, result.output
+    uri = result.output.strip().splitlines()[-1]
+    st = ArtifactStore(str(store))
+    prefix = st.key_for(uri)
+    rows = pq.read_table(io.BytesIO(st.get_bytes(f"{prefix}/metrics.parquet"))).to_pylist()
+    assert [r["image_id"] for r in rows] == ["1", "2"]
+    for r in rows:
+        if r["status"] == "ok":
+            assert r["psnr"] is not None and r["ssim"] is not None and r["target_iou"] is not None
+        else:
+            assert r["error"]
+    html = st.get_bytes(f"{prefix}/report.html").decode()
+    md = st.get_bytes(f"{prefix}/report.md").decode()
+    assert "<html" in html.lower() and "data:image/png;base64" in html
+    assert "psnr" in md.lower()
