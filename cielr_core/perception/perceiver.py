@@ -1,0 +1,193 @@
+"""The perception stage as one object: models resident, one method per stage.
+
+``Perceiver(settings)`` resolves device and dtype once; models load lazily on first use through
+the registry (:mod:`cielr_core.models`), so each loads once per process however many Perceivers
+or images there are. The orchestration layer calls the stages separately (each a cached task);
+:meth:`perceive` runs them all for library and CLI use.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from cielr_core.config import Settings, settings_from_dict
+from cielr_core.models import resolve_device, resolve_dtype
+from cielr_core.perception import build, depth as depth_mod, label, loading, segment as seg_mod
+from cielr_core.perception.results import Detections, SegmentResult
+from cielr_core.perception.versions import (
+    ASSEMBLE_CODE_VERSION,
+    DEPTH_CODE_VERSION,
+    LABEL_CODE_VERSION,
+    SEGMENT_CODE_VERSION,
+)
+from cielr_core.perception.vocabulary import load_vocabulary, merge_queries
+from cielr_core.ssr import Scene
+
+
+def _check_rgb(rgb: np.ndarray) -> np.ndarray:
+    a = np.asarray(rgb)
+    if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {a.dtype} {a.shape}")
+    if a.shape[0] < 1 or a.shape[1] < 1:
+        raise ValueError(f"empty image {a.shape}")
+    return a
+
+
+class Perceiver:
+    def __init__(self, settings: Settings | dict[str, Any]):
+        self.settings = settings if isinstance(settings, Settings) else settings_from_dict(settings)
+        self.cfg = self.settings.perception
+        self.device = resolve_device(self.cfg.device)
+        self.dtype = resolve_dtype(self.cfg.dtype, self.device)
+        self._vocabulary: list[str] | None = None
+
+    # -- models (registry: once per process) --------------------------------------------------
+    def _source(self, ref) -> str:
+        return self.settings.resolve_model(ref)
+
+    def sam2_model(self) -> Any:
+        c = self.cfg.sam2
+        return loading.load_sam2(self._source(c.model), config_name=c.config_name, hydra_overrides=c.hydra_overrides,
+                                 revision=c.model.revision, device=self.device, models_dir=self.settings.models_dir)
+
+    def owlv2_model(self) -> tuple[Any, Any]:
+        c = self.cfg.owlv2
+        return loading.load_owlv2(self._source(c.model), revision=c.model.revision, device=self.device,
+                                  dtype=self.dtype, models_dir=self.settings.models_dir)
+
+    def depth_model(self) -> tuple[Any, Any]:
+        c = self.cfg.depth
+        return loading.load_depth(self._source(c.model), revision=c.model.revision, device=self.device,
+                                  dtype=self.dtype, models_dir=self.settings.models_dir)
+
+    @property
+    def vocabulary(self) -> list[str]:
+        if self._vocabulary is None:
+            self._vocabulary = load_vocabulary(self.cfg.owlv2.vocabulary)
+        return self._vocabulary
+
+    # -- stages -------------------------------------------------------------------------------
+    def segment(self, rgb: np.ndarray, sam2_overrides: dict[str, Any] | None = None) -> SegmentResult:
+        """SAM2 automatic masks; ``sam2_overrides`` (generator settings) merged over the config."""
+        rgb = _check_rgb(rgb)
+        settings = seg_mod.generator_settings(self.cfg.sam2, sam2_overrides)
+        return seg_mod.run_generator(self.sam2_model(), rgb, settings, device=self.device, dtype=self.dtype)
+
+    def queries(self, extra_queries: Sequence[str] = ()) -> list[str]:
+        return merge_queries(self.vocabulary, extra_queries)
+
+    def detect(self, rgb: np.ndarray, extra_queries: Sequence[str] = ()) -> Detections:
+        """OWLv2 over the vocabulary + ``extra_queries`` in one pass; boxes in image pixels."""
+        rgb = _check_rgb(rgb)
+        model, processor = self.owlv2_model()
+        c = self.cfg.owlv2
+        return label.detect(
+            model, processor, rgb, self.queries(extra_queries),
+            score_threshold=c.score_threshold, nms_iou=c.nms_iou, max_queries_per_pass=c.max_queries_per_pass,
+            cache_key=f"{self._source(c.model)}@{c.model.revision}:{self.device}:{self.dtype}",
+        )
+
+    def depth(self, rgb: np.ndarray) -> np.ndarray:
+        """Relative depth, float32 (H, W), larger = nearer (not normalised)."""
+        rgb = _check_rgb(rgb)
+        model, processor = self.depth_model()
+        return depth_mod.predict_depth(model, processor, rgb)
+
+    def assemble(
+        self,
+        seg: SegmentResult,
+        det: Detections,
+        depth: np.ndarray | None,
+        *,
+        image_sha256: str,
+        width: int,
+        height: int,
+        version: int = 0,
+        provenance: dict[str, Any] | None = None,
+    ) -> Scene:
+        return build.assemble(
+            seg, det, depth, image_sha256=image_sha256, width=width, height=height, version=version,
+            provenance=provenance if provenance is not None else self.provenance(),
+            match_min_iou=self.cfg.match_min_iou, merge_gap_px=self.cfg.merge_gap_px,
+            min_object_area=self.cfg.min_object_area,
+        )
+
+    def perceive(
+        self,
+        rgb: np.ndarray,
+        *,
+        image_sha256: str | None = None,
+        extra_queries: Sequence[str] = (),
+        sam2_overrides: dict[str, Any] | None = None,
+    ) -> Scene:
+        """Segment, detect, depth and assemble: SSR version 0 of ``rgb``."""
+        from cielr_core.images import image_digest
+
+        rgb = _check_rgb(rgb)
+        h, w = rgb.shape[:2]
+        prov = self.provenance()
+        if extra_queries:
+            prov["extra_queries"] = list(merge_queries(extra_queries))
+        if sam2_overrides:
+            prov["sam2_overrides"] = dict(sam2_overrides)
+        return self.assemble(
+            self.segment(rgb, sam2_overrides), self.detect(rgb, extra_queries), self.depth(rgb),
+            image_sha256=image_sha256 or image_digest(rgb), width=w, height=h, version=0, provenance=prov,
+        )
+
+    def update_semantic(
+        self,
+        rgb: np.ndarray,
+        scene: Scene,
+        extra_queries: Sequence[str],
+        sam2_overrides: dict[str, Any] | None = None,
+    ) -> Scene:
+        """Version i+1 of ``scene``: re-detect with the extra queries added (to those of earlier
+        updates) and re-match; with ``sam2_overrides``, re-segment with the adjusted generator
+        settings first, else re-label the scene's own object masks. Objects whose mask did not
+        change keep their ids (and attributes); new ones get fresh ids."""
+        rgb = _check_rgb(rgb)
+        h, w = rgb.shape[:2]
+        if (h, w) != (scene.ssr.height, scene.ssr.width):
+            raise ValueError(f"image is {w}x{h} but the SSR describes {scene.ssr.width}x{scene.ssr.height}")
+        old_prov = scene.ssr.provenance or {}
+        queries = merge_queries(old_prov.get("extra_queries", []), extra_queries)
+        if sam2_overrides:
+            seg = self.segment(rgb, sam2_overrides)
+        else:
+            ids = scene.ssr.ids
+            seg = (
+                SegmentResult(np.stack([scene.masks[i] for i in ids]),
+                              [scene.ssr.objects[i].mask_score or 0.0 for i in ids])
+                if ids else SegmentResult.empty(h, w)
+            )
+        prov = {**self.provenance(), "parent_version": scene.ssr.version, "extra_queries": queries}
+        overrides = {**old_prov.get("sam2_overrides", {}), **(sam2_overrides or {})}
+        if overrides:
+            prov["sam2_overrides"] = overrides
+        new = self.assemble(seg, self.detect(rgb, queries), self.depth(rgb), image_sha256=scene.ssr.image_sha256,
+                            width=w, height=h, version=scene.ssr.version + 1, provenance=prov)
+        return build.carry_ids(scene, new, version=scene.ssr.version + 1)
+
+    def provenance(self) -> dict[str, Any]:
+        """Model ids/revisions, code versions and the perception config digest (no local paths, so
+        the same config gives the same SSR on every machine)."""
+        c = self.cfg
+        return {
+            "models": {
+                "sam2": {"id": c.sam2.model.id, "revision": c.sam2.model.revision, "config": c.sam2.config_name},
+                "owlv2": {"id": c.owlv2.model.id, "revision": c.owlv2.model.revision},
+                "depth": {"id": c.depth.model.id, "revision": c.depth.model.revision},
+            },
+            "vocabulary": c.owlv2.vocabulary if c.owlv2.vocabulary in ("coco",) else "file",
+            "code": {
+                "segment": SEGMENT_CODE_VERSION,
+                "label": LABEL_CODE_VERSION,
+                "depth": DEPTH_CODE_VERSION,
+                "assemble": ASSEMBLE_CODE_VERSION,
+            },
+            "perception_config": c.digest(SEGMENT_CODE_VERSION, LABEL_CODE_VERSION, DEPTH_CODE_VERSION,
+                                          ASSEMBLE_CODE_VERSION),
+        }

@@ -1,0 +1,59 @@
+"""Spatial perception: SAM2's automatic mask generator, every generator setting from config."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+import torch
+
+from cielr_core.config import SAM2Config
+from cielr_core.perception.results import SegmentResult
+
+# SAM2Config fields that are SAM2AutomaticMaskGenerator arguments (and so may be overridden per call)
+GENERATOR_FIELDS = (
+    "points_per_side",
+    "points_per_batch",
+    "pred_iou_thresh",
+    "stability_score_thresh",
+    "stability_score_offset",
+    "crop_n_layers",
+    "box_nms_thresh",
+    "min_mask_region_area",
+    "use_m2m",
+)
+
+
+def generator_settings(cfg: SAM2Config, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The generator arguments: config values with ``overrides`` merged on top (validated)."""
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(GENERATOR_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown SAM2 generator setting(s) {unknown}; allowed: {', '.join(GENERATOR_FIELDS)}")
+    merged = cfg.model_copy(update={}).model_dump()
+    merged.update(overrides)
+    checked = SAM2Config.model_validate(merged)  # types and the like, as for the config itself
+    return {k: getattr(checked, k) for k in GENERATOR_FIELDS}
+
+
+def autocast_context(device: str, dtype: torch.dtype):
+    """bf16/fp16 autocast on CUDA when a half dtype is configured; nothing on CPU."""
+    if device.startswith("cuda") and dtype in (torch.bfloat16, torch.float16):
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def run_generator(model: Any, rgb: np.ndarray, settings: dict[str, Any], *, device: str,
+                  dtype: torch.dtype) -> SegmentResult:
+    from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+
+    h, w = rgb.shape[:2]
+    gen = SAM2AutomaticMaskGenerator(model, output_mode="binary_mask", **settings)
+    with torch.inference_mode(), autocast_context(device, dtype):
+        anns = gen.generate(np.ascontiguousarray(rgb))
+    if not anns:
+        return SegmentResult.empty(h, w)
+    masks = np.stack([np.asarray(a["segmentation"], dtype=bool) for a in anns])
+    scores = np.array([float(a["predicted_iou"]) for a in anns], dtype=np.float32)
+    return SegmentResult(masks, scores)

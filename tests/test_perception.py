@@ -1,0 +1,461 @@
+"""Perception: exact rules on synthetic masks, tiny real models through the real loaders, the CLI.
+
+The tiny SAM2 / OWLv2 / DepthAnything checkpoints are written by the real factories into the
+session's models dir and read back by ``build_sam2`` / ``from_pretrained``; nothing downloads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cielr_core import masks as M
+from cielr_core import models as registry
+from cielr_core.config import load_settings
+from cielr_core.models import ModelUnavailableError
+from cielr_core.perception import (
+    Detections,
+    Perceiver,
+    SegmentResult,
+    assemble,
+    carry_ids,
+    load_vocabulary,
+    match_labels,
+    merge_groups,
+    normalised_median_depth,
+    render_overlay,
+)
+from cielr_core.perception.label import boxes_to_pixels, text_embed_stats
+from cielr_core.perception.segment import generator_settings
+from cielr_core.ssr import SSR, Scene, load_scene, make_object, save_scene
+from storage import ArtifactStore
+
+SHA = "a" * 64
+CIEBENCH_ID = "0"
+
+
+def rect(shape, x0, y0, x1, y1):
+    m = np.zeros(shape, dtype=bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+# --- fixtures ------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def perception_models(session_tmp) -> Path:
+    from conftest import tiny_family
+
+    for fam in ("sam2", "owlv2", "depth-anything"):
+        tiny_family(session_tmp, fam)
+    return session_tmp / "models"
+
+
+@pytest.fixture(scope="session")
+def tiny_perception_settings(perception_models):
+    return load_settings(profile="tiny", overrides={"models_dir": str(perception_models)})
+
+
+@pytest.fixture(scope="session")
+def photo(ciebench_dir) -> np.ndarray:
+    from cielr_core.images import decode_image_file
+
+    return decode_image_file(ciebench_dir / CIEBENCH_ID / f"{CIEBENCH_ID}.png", max_pixels=40_000_000)
+
+
+@pytest.fixture(scope="session")
+def photo_scene(tiny_perception_settings, photo) -> Scene:
+    return Perceiver(tiny_perception_settings).perceive(photo)
+
+
+# --- results codecs ------------------------------------------------------------------------------
+def test_segment_result_npz_round_trip_is_exact():
+    rng = np.random.default_rng(0)
+    masks = rng.random((3, 7, 13)) > 0.5  # width not a multiple of 8: packbits padding
+    seg = SegmentResult(masks, [0.9, 0.5, 0.25])
+    back = SegmentResult.from_npz_bytes(seg.to_npz_bytes())
+    assert back.masks.dtype == bool and np.array_equal(back.masks, masks)
+    assert np.allclose(back.scores, [0.9, 0.5, 0.25])
+    empty = SegmentResult.from_npz_bytes(SegmentResult.empty(5, 6).to_npz_bytes())
+    assert empty.masks.shape == (0, 5, 6)
+    with pytest.raises(ValueError):
+        SegmentResult(masks, [0.1])
+
+
+def test_detections_json_round_trip():
+    det = Detections([[1.5, 2.0, 10.0, 20.25]], [0.75], ["cup"])
+    data = json.loads(json.dumps(det.to_json()))
+    back = Detections.from_json(data)
+    assert back.labels == ["cup"] and np.allclose(back.boxes, det.boxes) and np.allclose(back.scores, [0.75])
+    assert len(Detections.from_json(Detections.empty().to_json())) == 0
+
+
+def test_vocabulary_builtin_and_file(tmp_path):
+    coco = load_vocabulary("coco")
+    assert len(coco) == 80 and coco[0] == "person" and "dining table" in coco
+    f = tmp_path / "v.txt"
+    f.write_text("# comment\nred apple\n\n  lamp \nred apple\n")
+    assert load_vocabulary(str(f)) == ["red apple", "lamp"]
+    with pytest.raises(ValueError, match="neither a built-in"):
+        load_vocabulary(str(tmp_path / "missing.txt"))
+
+
+# --- matching ------------------------------------------------------------------------------------
+def test_match_takes_best_iou_label_and_respects_minimum():
+    shape = (20, 20)
+    mask = rect(shape, 0, 0, 10, 10)  # area 100
+    det = Detections(
+        [[0, 0, 10, 5], [0, 0, 10, 10], [0, 0, 20, 20]],  # IoU 0.5, 1.0, 0.25
+        [0.9, 0.4, 0.99],
+        ["half", "exact", "big"],
+    )
+    assert match_labels([mask], det, 0.3) == [("exact", pytest.approx(0.4), 1.0)]
+    # only the 0.25-IoU box left: below the 0.3 minimum -> unknown, score 0
+    only_big = Detections([[0, 0, 20, 20]], [0.99], ["big"])
+    assert match_labels([mask], only_big, 0.3) == [("unknown", 0.0, 0.25)]
+    assert match_labels([mask], only_big, 0.25)[0][0] == "big"
+    # ties in IoU go to the higher detector score
+    tie = Detections([[0, 0, 10, 10], [0, 0, 10, 10]], [0.2, 0.6], ["low", "high"])
+    assert match_labels([mask], tie, 0.3)[0][:2] == ("high", pytest.approx(0.6))
+    assert match_labels([mask], Detections.empty(), 0.3) == [("unknown", 0.0, 0.0)]
+
+
+# --- merging -------------------------------------------------------------------------------------
+def test_merge_touching_same_label_but_not_apart_or_other_label():
+    shape = (10, 30)
+    a = rect(shape, 0, 0, 5, 5)
+    touching = rect(shape, 5, 0, 8, 5)  # shares an edge with a
+    apart = rect(shape, 20, 0, 25, 5)  # 15 columns away
+    assert merge_groups([a, touching, apart], ["chair"] * 3, gap=2) == [[0, 1], [2]]
+    assert merge_groups([a, touching], ["chair", "table"], gap=2) == [[0], [1]]
+    assert merge_groups([a, touching], ["unknown", "unknown"], gap=2) == [[0], [1]]
+    # gap: 2 empty columns between them merge with gap=2, not with gap=1
+    near = rect(shape, 7, 0, 9, 5)
+    assert merge_groups([a, near], ["cup", "cup"], gap=2) == [[0, 1]]
+    assert merge_groups([a, near], ["cup", "cup"], gap=1) == [[0], [1]]
+    # transitive: a-b touch, b-c touch -> one object
+    b = rect(shape, 5, 0, 10, 5)
+    c = rect(shape, 10, 0, 15, 5)
+    assert merge_groups([a, c, b], ["x"] * 3, gap=0) == [[0, 1, 2]]
+
+
+def test_assemble_merges_touching_and_keeps_apart_chairs_separate():
+    shape = (40, 100)
+    left_a = rect(shape, 0, 10, 10, 30)  # 200 px
+    left_b = rect(shape, 10, 10, 15, 30)  # touches left_a, 100 px
+    right = rect(shape, 80, 10, 90, 30)  # far away, 200 px
+    seg = SegmentResult(np.stack([left_a, left_b, right]), [0.8, 0.9, 0.7])
+    det = Detections([[0, 10, 15, 30], [80, 10, 90, 30]], [0.6, 0.5], ["chair", "chair"])
+    scene = assemble(seg, det, None, image_sha256=SHA, width=100, height=40, match_min_iou=0.3, merge_gap_px=2)
+    objs = scene.ssr.objects
+    assert len(objs) == 2
+    # ids by area, largest first: the merged left chair (300 px) is 0
+    assert objs[0].label == "chair" and objs[0].area == 300 and objs[0].bbox == (0, 10, 15, 30)
+    assert objs[0].score == pytest.approx(0.6) and objs[0].mask_score == pytest.approx(0.9)
+    assert objs[0].attributes == {"merged_from": 2}
+    assert objs[1].label == "chair" and objs[1].area == 200 and objs[1].bbox == (80, 10, 90, 30)
+    assert objs[1].centroid == (85.0, 20.0) and objs[1].score == pytest.approx(0.5)
+    assert np.array_equal(scene.masks[0], left_a | left_b)
+    assert objs[0].depth is None
+
+
+def test_assemble_with_no_masks_is_a_valid_empty_ssr():
+    scene = assemble(SegmentResult.empty(8, 9), Detections.empty(), np.zeros((8, 9), np.float32),
+                     image_sha256=SHA, width=9, height=8)
+    assert scene.ssr.objects == {} and SSR.from_json(scene.ssr.canonical_json()).objects == {}
+
+
+def test_min_object_area_drops_small_masks():
+    shape = (10, 10)
+    seg = SegmentResult(np.stack([rect(shape, 0, 0, 1, 2), rect(shape, 3, 3, 8, 8)]), [0.5, 0.5])
+    scene = assemble(seg, Detections.empty(), None, image_sha256=SHA, width=10, height=10, min_object_area=3)
+    assert [o.area for o in scene.ssr.objects.values()] == [25]
+
+
+# --- depth ---------------------------------------------------------------------------------------
+def test_depth_median_and_per_image_normalisation_exact():
+    depth = np.zeros((4, 4), np.float32)
+    depth[0, :] = [10, 20, 30, 40]  # min 0, max 40 over the whole map
+    near = rect((4, 4), 1, 0, 4, 1)  # values 20, 30, 40 -> median 30 -> 0.75
+    far = rect((4, 4), 0, 2, 4, 4)  # all 0 -> 0.0
+    mixed = rect((4, 4), 0, 0, 2, 2)  # 10, 20, 0, 0 -> median 5 -> 0.125
+    assert normalised_median_depth(depth, [near, far, mixed]) == [0.75, 0.0, 0.125]
+    top = rect((4, 4), 3, 0, 4, 1)
+    assert normalised_median_depth(depth, [top]) == [1.0]  # the nearest pixel is 1
+    assert normalised_median_depth(np.full((4, 4), 3.0), [near]) == [0.5]  # no contrast
+    # non-finite values are ignored
+    d2 = depth.copy()
+    d2[3, 3] = np.nan
+    assert normalised_median_depth(d2, [near]) == [0.75]
+
+
+def test_assemble_attaches_normalised_median_depth():
+    depth = np.tile(np.arange(10, dtype=np.float32), (10, 1))  # larger to the right = nearer
+    seg = SegmentResult(np.stack([rect((10, 10), 0, 0, 3, 10), rect((10, 10), 6, 0, 10, 5)]), [1, 1])
+    scene = assemble(seg, Detections.empty(), depth, image_sha256=SHA, width=10, height=10)
+    # object 0 (30 px): columns 0..2 -> median 1 -> 1/9; object 1 (20 px): columns 6..9 -> median 7.5 -> 7.5/9
+    assert scene.ssr.objects[0].depth == pytest.approx(1 / 9)
+    assert scene.ssr.objects[1].depth == pytest.approx(7.5 / 9)
+
+
+# --- ids across updates --------------------------------------------------------------------------
+def _scene(masks: dict[int, np.ndarray], labels: dict[int, str], version=0, attrs=None) -> Scene:
+    h, w = next(iter(masks.values())).shape
+    objs = {i: make_object(i, m, label=labels[i], attributes=(attrs or {}).get(i)) for i, m in masks.items()}
+    return Scene(SSR(image_sha256=SHA, width=w, height=h, version=version, objects=objs), masks)
+
+
+def test_carry_ids_keeps_unchanged_objects_and_numbers_new_ones_above():
+    shape = (10, 10)
+    a, b, c = rect(shape, 0, 0, 3, 3), rect(shape, 5, 5, 9, 9), rect(shape, 0, 6, 2, 9)
+    old = _scene({3: a, 7: b}, {3: "unknown", 7: "cup"}, version=2, attrs={3: {"left_of": [7]}})
+    # new numbering from assemble: 0 = b (unchanged), 1 = a (relabelled), 2 = c (new)
+    new = _scene({0: b, 1: a, 2: c}, {0: "cup", 1: "clock", 2: "pen"})
+    out = carry_ids(old, new, version=3)
+    assert out.ssr.version == 3
+    assert out.ssr.objects[7].label == "cup" and np.array_equal(out.masks[7], b)
+    assert out.ssr.objects[3].label == "clock" and out.ssr.objects[3].attributes == {"left_of": [7]}
+    assert out.ssr.objects[8].label == "pen" and np.array_equal(out.masks[8], c)
+    assert sorted(out.ssr.objects) == [3, 7, 8]
+
+
+# --- OWLv2 boxes on non-square images ---------------------------------------------------------------
+def test_box_scaling_uses_the_padded_square_side():
+    # a 200 x 100 (W x H) image is padded to 200 x 200: normalised coords are fractions of 200
+    boxes = boxes_to_pixels(np.array([[0.5, 0.25, 0.5, 0.25]]), height=100, width=200)
+    assert np.allclose(boxes, [[50, 25, 150, 75]])
+    # portrait: 100 x 300 (W x H) -> side 300; a box past the right edge is clipped to the image
+    boxes = boxes_to_pixels(np.array([[0.3, 0.5, 0.2, 0.2]]), height=300, width=100)
+    assert np.allclose(boxes, [[60, 120, 100, 180]])
+
+
+def test_processor_pads_bottom_right_so_padded_scaling_recovers_boxes(perception_models):
+    """The real Owlv2 processor on a non-square image: a bright rectangle found in its pixel_values,
+    mapped back with our scaling, lands where it was drawn; per-axis scaling would not."""
+    from transformers import Owlv2Processor
+
+    proc = Owlv2Processor.from_pretrained(perception_models / "owlv2")
+    h, w = 120, 300
+    img = np.zeros((h, w, 3), np.uint8)
+    x0, y0, x1, y1 = 150, 30, 270, 90
+    img[y0:y1, x0:x1] = 255
+    pv = proc.image_processor(images=img, return_tensors="pt")["pixel_values"][0].numpy()
+    s = pv.shape[-1]
+    bright = pv.mean(0) > pv.mean(0).max() - 0.5
+    ys, xs = np.nonzero(bright)
+    # as a normalised cxcywh box of the model input
+    nb = np.array([[(xs.min() + xs.max() + 1) / 2 / s, (ys.min() + ys.max() + 1) / 2 / s,
+                    (xs.max() + 1 - xs.min()) / s, (ys.max() + 1 - ys.min()) / s]])
+    got = boxes_to_pixels(nb, height=h, width=w)[0]
+    tol = 300 / s * 1.5  # about one input pixel of the padded square
+    assert np.allclose(got, [x0, y0, x1, y1], atol=tol), got
+    cx, cy, bw, bh = nb[0]  # scaling x by W and y by H (ignoring the padding) is off by far more
+    naive = np.array([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h])
+    assert np.abs(naive - [x0, y0, x1, y1]).max() > 5 * tol
+
+
+def test_detect_matches_the_models_own_forward_and_hf_postprocessing(tiny_perception_settings, photo):
+    """Our one-pass path (cached text embeddings + image embedder + class/box heads) gives the
+    same logits and boxes as Owlv2ForObjectDetection.forward, and the same pixel boxes as the
+    processor's post-processing given the padded square size."""
+    import torch
+
+    p = Perceiver(tiny_perception_settings)
+    model, proc = p.owlv2_model()
+    rgb = photo[:, :500]  # non-square, 597 x 500
+    queries = ["cup", "a red chair"]
+    inputs = proc(text=[queries], images=rgb, return_tensors="pt")
+    with torch.inference_mode():
+        ref = model(**inputs)
+    from cielr_core.perception.label import query_embeddings
+
+    q = query_embeddings(model, proc, queries, cache_key="test-forward")
+    with torch.inference_mode():
+        fmap, _ = model.image_embedder(pixel_values=inputs["pixel_values"])
+        feats = fmap.reshape(1, -1, fmap.shape[-1])
+        logits = model.class_predictor(feats, q[None], None)[0]
+        boxes = model.box_predictor(feats, fmap)
+    assert torch.allclose(logits, ref.logits, atol=1e-4)
+    assert torch.allclose(boxes, ref.pred_boxes, atol=1e-5)
+    side = max(rgb.shape[:2])
+    hf = proc.image_processor.post_process_object_detection(ref, threshold=-1.0, target_sizes=[(side, side)])[0]
+    ours = boxes_to_pixels(ref.pred_boxes[0].numpy(), height=rgb.shape[0], width=rgb.shape[1])
+    clipped = hf["boxes"].numpy().copy()
+    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, rgb.shape[1])
+    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, rgb.shape[0])
+    assert np.allclose(ours, clipped, atol=1e-2)
+
+
+def test_detect_embeds_the_vocabulary_once_and_applies_threshold_and_nms(tiny_perception_settings, photo):
+    p = Perceiver(tiny_perception_settings)
+    det1 = p.detect(photo)
+    after_first = text_embed_stats()["computed"]
+    det2 = p.detect(photo[::-1].copy())
+    assert text_embed_stats()["computed"] == after_first  # no re-embedding of the vocabulary
+    p.detect(photo, extra_queries=["the thing that tells the time"])
+    assert text_embed_stats()["computed"] == after_first + 1
+    h, w = photo.shape[:2]
+    for det in (det1, det2):
+        assert set(det.labels) <= set(p.vocabulary)
+        assert np.all(det.boxes[:, 0] >= 0) and np.all(det.boxes[:, 2] <= w)
+        assert np.all(det.boxes[:, 1] >= 0) and np.all(det.boxes[:, 3] <= h)
+        assert np.all(det.scores > tiny_perception_settings.perception.owlv2.score_threshold)
+        for i in range(len(det)):  # per-label NMS: no two same-label boxes overlap above nms_iou
+            for j in range(i + 1, len(det)):
+                if det.labels[i] == det.labels[j]:
+                    assert M.box_iou(det.boxes[i], det.boxes[j]) <= tiny_perception_settings.perception.owlv2.nms_iou
+    strict = load_settings(profile="tiny", overrides={
+        "models_dir": tiny_perception_settings.models_dir, "perception": {"owlv2": {"score_threshold": 0.999999}}})
+    assert len(Perceiver(strict).detect(photo)) <= len(det1)
+
+
+# --- SAM2 settings ---------------------------------------------------------------------------------
+def test_generator_settings_come_from_config_with_overrides_on_top(tiny_perception_settings):
+    cfg = tiny_perception_settings.perception.sam2
+    g = generator_settings(cfg)
+    assert g["points_per_side"] == cfg.points_per_side and g["crop_n_layers"] == cfg.crop_n_layers
+    assert set(g) == {"points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
+                      "stability_score_offset", "crop_n_layers", "box_nms_thresh", "min_mask_region_area", "use_m2m"}
+    g2 = generator_settings(cfg, {"pred_iou_thresh": 0.5, "points_per_side": 2})
+    assert g2["pred_iou_thresh"] == 0.5 and g2["points_per_side"] == 2 and g2["use_m2m"] == cfg.use_m2m
+    with pytest.raises(ValueError, match="unknown SAM2 generator setting"):
+        generator_settings(cfg, {"image_size": 512})
+    with pytest.raises(ValueError):
+        generator_settings(cfg, {"points_per_side": "many"})
+
+
+# --- tiny models end to end ---------------------------------------------------------------------------
+def test_tiny_models_end_to_end_on_a_ciebench_photo(tiny_perception_settings, photo, photo_scene):
+    h, w = photo.shape[:2]
+    p = Perceiver(tiny_perception_settings)
+    seg = p.segment(photo)
+    assert seg.masks.shape[1:] == (h, w) and seg.masks.dtype == bool and len(seg) >= 1
+    d = p.depth(photo)
+    assert d.shape == (h, w) and d.dtype == np.float32 and float(d.std()) > 0
+    ssr = photo_scene.ssr
+    assert ssr.version == 0 and (ssr.width, ssr.height) == (w, h) and len(ssr.objects) >= 1
+    for oid, o in ssr.objects.items():
+        assert o.mask == f"masks/{oid}.png" and o.area == M.area(photo_scene.masks[oid])
+        assert o.depth is not None and 0.0 <= o.depth <= 1.0
+    prov = ssr.provenance
+    assert prov["models"]["sam2"]["id"] == "tiny/sam2" and prov["code"]["segment"]
+    assert str(tiny_perception_settings.models_dir) not in json.dumps(prov)  # no machine paths
+    # the SAM2 overrides reach the generator: a 1-point grid cannot give more masks than points
+    one = p.segment(photo, sam2_overrides={"points_per_side": 1})
+    assert len(one) <= 1
+
+
+def test_registry_loads_each_model_once(tiny_perception_settings, photo):
+    p = Perceiver(tiny_perception_settings)
+    p.segment(photo)
+    p.detect(photo)
+    p.depth(photo)
+    before = registry.stats()
+    assert before.get("sam2", 0) >= 1 and before.get("owlv2", 0) >= 1 and before.get("depth", 0) >= 1
+    q = Perceiver(tiny_perception_settings)  # a second Perceiver and more images load nothing
+    q.segment(photo[:200, :300].copy())
+    q.detect(photo[:200, :300].copy())
+    q.depth(photo[:200, :300].copy())
+    p.depth(photo)
+    assert registry.stats() == before
+    assert p.sam2_model() is q.sam2_model() and p.owlv2_model()[0] is q.owlv2_model()[0]
+
+
+def test_update_semantic_keeps_ids_and_bumps_version(tiny_perception_settings, photo, photo_scene):
+    p = Perceiver(tiny_perception_settings)
+    up = p.update_semantic(photo, photo_scene, ["the thing that tells the time"])
+    assert up.ssr.version == photo_scene.ssr.version + 1
+    assert up.ssr.provenance["parent_version"] == 0
+    assert up.ssr.provenance["extra_queries"] == ["the thing that tells the time"]
+    old_by_mask = {i: photo_scene.masks[i] for i in photo_scene.ssr.ids}
+    for nid in up.ssr.ids:
+        same = [i for i, m in old_by_mask.items() if np.array_equal(m, up.masks[nid])]
+        if same:
+            assert nid == same[0]
+        else:
+            assert nid > max(photo_scene.ssr.ids)
+    up2 = p.update_semantic(photo, up, ["lamp"], sam2_overrides={"points_per_side": 2})
+    assert up2.ssr.version == 2 and up2.ssr.provenance["extra_queries"] == ["the thing that tells the time", "lamp"]
+    assert up2.ssr.provenance["sam2_overrides"] == {"points_per_side": 2}
+
+
+def test_ssr_round_trip_through_the_store(tmp_path, photo, photo_scene):
+    st = ArtifactStore(str(tmp_path / "store"))
+    digest = save_scene(st, "ssr/x/y", photo_scene)
+    back = load_scene(st, "ssr/x/y")
+    assert back.ssr.digest() == digest == photo_scene.ssr.digest()
+    assert back.ssr == photo_scene.ssr
+    for oid in photo_scene.ssr.ids:
+        assert np.array_equal(back.masks[oid], photo_scene.masks[oid])
+
+
+def test_render_overlay_colours_masks_and_leaves_the_rest(photo):
+    h, w = 60, 80
+    rgb = np.full((h, w, 3), 100, np.uint8)
+    m = rect((h, w), 40, 30, 80, 60)
+    scene = _scene({0: m}, {0: "cup"})
+    ov = render_overlay(rgb, scene)
+    assert ov.shape == (h, w, 3) and ov.dtype == np.uint8
+    assert np.array_equal(ov[:20, :30], rgb[:20, :30])  # far from the object: untouched
+    inside = ov[35:40, 72:78].reshape(-1, 3)
+    assert np.all(inside != 100)  # blended with the object's colour
+    with pytest.raises(ValueError):
+        render_overlay(rgb[:10], scene)
+
+
+# --- missing weights ----------------------------------------------------------------------------------
+def test_missing_tiny_weights_name_the_way_out(tmp_path, photo):
+    s = load_settings(profile="tiny", overrides={"models_dir": str(tmp_path / "no-models")})
+    p = Perceiver(s)
+    small = photo[:64, :64].copy()
+    for call in (p.segment, p.detect, p.depth):
+        with pytest.raises(ModelUnavailableError) as ei:
+            call(small)
+        msg = str(ei.value)
+        assert "cielr models tiny" in msg and "--profile tiny" in msg and str(tmp_path / "no-models") in msg
+
+
+def test_missing_hub_weights_offline_name_the_model(photo):
+    s = load_settings(profile="default", overrides={"perception": {"device": "cpu"}})
+    p = Perceiver(s)
+    small = photo[:64, :64].copy()
+    for call, model_id in ((p.segment, "facebook/sam2.1-hiera-large"),
+                           (p.detect, "google/owlv2-base-patch16-ensemble"),
+                           (p.depth, "depth-anything/Depth-Anything-V2-Small-hf")):
+        with pytest.raises(ModelUnavailableError) as ei:
+            call(small)
+        msg = str(ei.value)
+        assert model_id in msg and "huggingface-cli download" in msg and "cielr models tiny" in msg
+
+
+# --- CLI ----------------------------------------------------------------------------------------------
+def test_cli_ssr_writes_ssr_masks_overlay(perception_models, ciebench_dir, tmp_path, monkeypatch, photo_scene):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    monkeypatch.setenv("CIELR_MODELS_DIR", str(perception_models))
+    img = ciebench_dir / CIEBENCH_ID / f"{CIEBENCH_ID}.png"
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["ssr", str(img), "--profile", "tiny", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    data = (out / "ssr.json").read_bytes()
+    digest = res.stdout.strip().splitlines()[-1]
+    assert digest == hashlib.sha256(data).hexdigest()
+    ssr = SSR.from_json(data)
+    assert len(ssr.objects) >= 1
+    for o in ssr.objects.values():
+        assert (out / o.mask).is_file()
+    from PIL import Image
+
+    with Image.open(out / "overlay.png") as im:
+        assert im.size == (ssr.width, ssr.height) and im.mode == "RGB"
+    # the same photo through the library gives the same SSR (deterministic, same image digest)
+    assert digest == photo_scene.ssr.digest()
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image at all")
+    res = CliRunner().invoke(app, ["ssr", str(bad), "--profile", "tiny", "--out", str(tmp_path / "o2")])
+    assert res.exit_code == 2 and "error" in res.output
