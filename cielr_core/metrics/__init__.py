@@ -42,6 +42,7 @@ from cielr_core.metrics.sample import (
     SampleEvaluation,
     evaluate_sample,
     evaluate_sample_full,
+    metrics_table,
     row_to_jsonable,
 )
 
@@ -53,4 +54,5 @@ __all__ = [
     "magicbrush_metrics", "l1_l2", "target_iou", "idcs", "IDCSResult", "IDCS_PROMPTS", "DifferenceDescription",
     "IDCSJudgement", "side_by_side", "evaluate_sample", "evaluate_sample_full", "SampleEvaluation", "as_rgb",
     "crop_to_mask_box", "ALL_METRICS", "binarize", "fit_mask", "load_prompts", "make_idcs_judges", "row_to_jsonable",
+    "metrics_table",
 ]

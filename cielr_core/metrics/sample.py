@@ -76,6 +76,38 @@ def row_to_jsonable(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+ROW_STRING_COLUMNS = ("protocol", "idcs_vlm_answer", "idcs_llm_answer", "idcs_prompt_version", "missing_reasons")
+
+
+def metrics_table(rows: list[dict[str, Any]]):
+    """A ``pyarrow.Table`` of metric rows (what ``metrics.parquet`` holds): every metric in
+    :data:`ALL_METRICS` that appears is float64 (``inf`` kept, ``None`` null), the IDCS answers and
+    reasons strings, ``gt_mask_resized`` bool, other columns as pyarrow infers them."""
+    import pyarrow as pa
+
+    cols: list[str] = []
+    for r in rows:
+        for k in r:
+            if k not in cols:
+                cols.append(k)
+    arrays, fields = [], []
+    for c in cols:
+        vals = [r.get(c) for r in rows]
+        if c in ALL_METRICS:
+            typ = pa.float64()
+            vals = [None if v is None else float(v) for v in vals]
+        elif c in ROW_STRING_COLUMNS:
+            typ = pa.string()
+        elif c == "gt_mask_resized":
+            typ = pa.bool_()
+        else:
+            typ = None
+        arr = pa.array(vals, type=typ) if typ is not None else pa.array(vals)
+        arrays.append(arr)
+        fields.append(pa.field(c, arr.type))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
 def _model_reason(kind: str, settings) -> str:
     try:
         if kind == "lpips":
