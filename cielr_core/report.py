@@ -28,7 +28,8 @@ import html
 import io
 import json
 import math
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -83,7 +84,7 @@ def select_best_of(rows: list[dict[str, Any]], k: int, metrics: list[str]) -> li
     for r in rows:
         groups.setdefault(str(r.get("image_id")), []).append(r)
     out = []
-    for iid, grp in groups.items():
+    for grp in groups.values():
         grp = grp[:k]
         ok = [r for r in grp if is_ok(r)]
         if not ok:
@@ -233,13 +234,13 @@ def render_markdown(rows: Any, *, title: str = "Evaluation report", metrics: Ite
         lines.append(f"- **{_md_cell(k)}**: {_md_cell(v)}")
     lines += [
         f"- **samples**: {agg['n_samples']} (ok {agg['n_ok']}, failed {agg['n_failed']})",
-        f"- **status counts**: " + ", ".join(f"{k} {v}" for k, v in sorted(agg["status_counts"].items())),
+        "- **status counts**: " + ", ".join(f"{k} {v}" for k, v in sorted(agg["status_counts"].items())),
         f"- **selection**: {agg['label']}",
         "",
         "## Aggregates",
         "",
-        "Means over finite values; `inf` counted apart; `missing` = model unavailable or undefined "
-        "(never zero); failed samples are counted, not dropped.",
+        ("Means over finite values; `inf` counted apart; `missing` = model unavailable or undefined "
+         "(never zero); failed samples are counted, not dropped."),
         "",
     ]
     head, body = _agg_table_rows(agg)
@@ -325,8 +326,8 @@ def histogram_svg(values: Iterable[Any], *, title: str = "", bins: int = 10, wid
     plot_w, plot_h = width - pad_l - 6, height - pad_b - pad_t
     top = max(bars) if bars else 0
     bw = plot_w / max(len(bars), 1)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)} histogram">',
+    parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+              f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)} histogram">'),
              f'<text x="{width / 2:.1f}" y="12" text-anchor="middle" font-size="11">{html.escape(title)}</text>',
              f'<line x1="{pad_l}" y1="{pad_t + plot_h}" x2="{width - 6}" y2="{pad_t + plot_h}" stroke="#444"/>',
              f'<text x="{pad_l - 4}" y="{pad_t + 8}" text-anchor="end" font-size="9">{top}</text>']

@@ -20,7 +20,14 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from cielr_core import metrics as MX
-from cielr_core.benchmarks import load_benchmark, load_ciebench, load_gt_mask, load_magicbrush, load_smartedit, to_manifest
+from cielr_core.benchmarks import (
+    load_benchmark,
+    load_ciebench,
+    load_gt_mask,
+    load_magicbrush,
+    load_smartedit,
+    to_manifest,
+)
 from cielr_core.config import load_settings
 from cielr_core.report import aggregate, histogram_svg, render_html, render_markdown, thumbnail_data_uri
 
@@ -210,7 +217,7 @@ def test_tiny_clip_and_dino_through_real_classes(settings):
 
     model, proc = mm.get_clip(settings)
     assert isinstance(model, CLIPModel) and isinstance(proc, CLIPProcessor)
-    dino, dproc = mm.get_dino(settings)
+    dino, _ = mm.get_dino(settings)
     assert type(dino).__name__ == "ViTModel"
     a = _photo(64, 80)
     b = 255 - a
@@ -235,6 +242,16 @@ def test_lpips_masked_excludes_the_edited_region(settings):
     assert MX.lpips_distance(a, b, None, settings=settings) > 0  # the whole image sees the edit
     b2 = np.clip(a.astype(int) + 40, 0, 255).astype(np.uint8)
     assert MX.lpips_distance(a, b2, ~gt, settings=settings) > 0
+    # without a region it is exactly lpips's own forward
+    import torch
+
+    from cielr_core.metrics import models as mm
+
+    model = mm.get_lpips(settings)
+    t = lambda x: torch.from_numpy(x).permute(2, 0, 1)[None].float() / 255.0
+    with torch.no_grad():
+        ref = float(model(t(a), t(b2), normalize=True))
+    assert MX.lpips_distance(a, b2, None, settings=settings) == pytest.approx(ref, rel=1e-5)
 
 
 def test_missing_metric_models_are_reported_missing_never_zero(missing_settings):
@@ -307,7 +324,9 @@ def test_idcs_score_outside_1_to_5_is_rejected():
     with pytest.raises(ValueError, match="1..5"):
         MX.idcs(a, a, "x", vlm=ScriptedLLMDouble([{"differences": "none"}]),
                 llm=ScriptedLLMDouble([{"reason": "r", "score": 7}]))
-    with pytest.raises(Exception):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
         MX.IDCSJudgement.model_validate({"reason": "r", "score": 0})
     with pytest.raises(ValueError, match="unknown IDCS prompt version"):
         MX.load_prompts("999")
@@ -524,3 +543,43 @@ def test_report_best_of_k_only_when_asked_and_labelled():
 def test_histogram_svg_counts_inf_and_missing():
     svg = histogram_svg([1.0, 2.0, 2.5, math.inf, None], title="psnr")
     assert svg.startswith("<svg") and "3 finite, 1 inf, 1 missing" in svg and ">inf<" in svg
+
+
+def test_lpips_backbone_is_filled_from_a_local_torchvision_checkpoint(tmp_path):
+    """The 'pretrained' LPIPS path: the torchvision checkpoint (here a random SqueezeNet, the
+    smartedit protocol's net) is copied layer by layer into lpips's slices; nothing downloads."""
+    import torch
+    import torchvision.models as tvm
+
+    from cielr_core.metrics import models as mm
+
+    torch.manual_seed(0)
+    tv = tvm.squeezenet1_1(weights=None)
+    ckpt = tmp_path / "squeezenet1_1.pth"
+    torch.save(tv.state_dict(), ckpt)
+    s = load_settings(profile="tiny", overrides={
+        "models_dir": str(tmp_path), "eval": {"lpips_backbone": "pretrained", "lpips_backbone_path": str(ckpt)}})
+    model = mm.get_lpips(s, net="squeeze")
+    ours = {n: p for i in range(1, model.net.N_slices + 1)
+            for n, p in getattr(model.net, f"slice{i}").named_parameters()}
+    assert ours and len(ours) == len(list(tv.features.parameters()))
+    for name, p in ours.items():
+        idx, rest = name.split(".", 1)
+        torch.testing.assert_close(p.detach(), tv.features[int(idx)].get_parameter(rest).detach())
+    a, b = _pair(0, h=64, w=64)
+    gt = np.zeros((64, 64), bool)
+    gt[20:40, 20:40] = True
+    v = MX.lpips_distance(a, b, ~gt, settings=s, protocol="smartedit")
+    assert isinstance(v, float) and v > 0
+
+
+def test_metrics_digest_follows_eval_and_llm_config(settings):
+    d = MX.metrics_digest(settings)
+    assert d == MX.metrics_digest(settings.model_copy(deep=True))
+    s2 = settings.model_copy(deep=True)
+    s2.eval.protocol = "smartedit"
+    s3 = settings.model_copy(deep=True)
+    s3.llm.max_new_tokens = 17
+    s4 = settings.model_copy(deep=True)
+    s4.eval.device = "cpu:0"  # devices do not change results
+    assert len({d, MX.metrics_digest(s2), MX.metrics_digest(s3)}) == 3 and MX.metrics_digest(s4) == d

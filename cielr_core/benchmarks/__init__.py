@@ -30,5 +30,13 @@ def load_benchmark(spec: str) -> BenchmarkRows:
     return LOADERS[name](path)
 
 
-__all__ = ["load_ciebench", "load_smartedit", "load_magicbrush", "load_benchmark", "to_manifest", "load_gt_mask",
-           "BenchmarkRows", "LOADERS"]
+__all__ = [
+    "LOADERS",
+    "BenchmarkRows",
+    "load_benchmark",
+    "load_ciebench",
+    "load_gt_mask",
+    "load_magicbrush",
+    "load_smartedit",
+    "to_manifest",
+]

@@ -50,7 +50,7 @@ def load_ciebench(path: str | os.PathLike) -> BenchmarkRows:
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"CIEBench: cannot read {json_path}: {e}") from e
     if not isinstance(data, dict):
-        raise ValueError(f"CIEBench: {json_path} must map sample ids to entries")
+        raise ValueError(f"CIEBench: {json_path} must map sample ids to entries")  # noqa: TRY004 - bad data, not a caller's type error
     for key in sorted(data, key=natural_key):
         entry = data[key]
         row = _row(str(key), entry, root, out)

@@ -41,7 +41,7 @@ def load_magicbrush(path: str | os.PathLike) -> BenchmarkRows:
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"MagicBrush: cannot read {sessions_path}: {e}") from e
     if not isinstance(sessions, dict):
-        raise ValueError(f"MagicBrush: {sessions_path} must map image ids to lists of turns")
+        raise ValueError(f"MagicBrush: {sessions_path} must map image ids to lists of turns")  # noqa: TRY004 - bad data, not a caller's type error
     descriptions: dict[str, Any] = {}
     desc_path = os.path.join(root, "local_descriptions.json")
     if os.path.isfile(desc_path):

@@ -33,7 +33,16 @@ from cielr_core.metrics.learned import (
     lpips_distance,
     magicbrush_metrics,
 )
-from cielr_core.metrics.pixel import as_rgb, binarize, fit_mask, l1_l2, psnr, smartedit_prepare, ssim, target_iou
+from cielr_core.metrics.pixel import (
+    as_rgb,
+    binarize,
+    fit_mask,
+    l1_l2,
+    psnr,
+    smartedit_prepare,
+    ssim,
+    target_iou,
+)
 from cielr_core.metrics.sample import (
     ALL_METRICS,
     BASE_METRICS,
@@ -48,11 +57,44 @@ from cielr_core.metrics.sample import (
 
 METRICS_CODE_VERSION = "1"
 
+
+def metrics_digest(settings) -> str:
+    """Cache key part for per-sample metrics: the eval section (models, protocol, LPIPS backbone,
+    IDCS prompt version, VLM), the LLM that scores IDCS, and :data:`METRICS_CODE_VERSION`."""
+    return settings.eval.digest(METRICS_CODE_VERSION, settings.llm.digest())
+
 __all__ = [
-    "METRICS_CODE_VERSION", "BASE_METRICS", "MAGICBRUSH_METRICS", "HIGHER_IS_BETTER",
-    "psnr", "ssim", "lpips_distance", "smartedit_prepare", "clip_score", "clip_i", "dino_similarity",
-    "magicbrush_metrics", "l1_l2", "target_iou", "idcs", "IDCSResult", "IDCS_PROMPTS", "DifferenceDescription",
-    "IDCSJudgement", "side_by_side", "evaluate_sample", "evaluate_sample_full", "SampleEvaluation", "as_rgb",
-    "crop_to_mask_box", "ALL_METRICS", "binarize", "fit_mask", "load_prompts", "make_idcs_judges", "row_to_jsonable",
+    "ALL_METRICS",
+    "BASE_METRICS",
+    "HIGHER_IS_BETTER",
+    "IDCS_PROMPTS",
+    "MAGICBRUSH_METRICS",
+    "METRICS_CODE_VERSION",
+    "DifferenceDescription",
+    "IDCSJudgement",
+    "IDCSResult",
+    "SampleEvaluation",
+    "as_rgb",
+    "binarize",
+    "clip_i",
+    "clip_score",
+    "crop_to_mask_box",
+    "dino_similarity",
+    "evaluate_sample",
+    "evaluate_sample_full",
+    "fit_mask",
+    "idcs",
+    "l1_l2",
+    "load_prompts",
+    "lpips_distance",
+    "magicbrush_metrics",
+    "make_idcs_judges",
+    "metrics_digest",
     "metrics_table",
+    "psnr",
+    "row_to_jsonable",
+    "side_by_side",
+    "smartedit_prepare",
+    "ssim",
+    "target_iou",
 ]

@@ -44,7 +44,7 @@ def prompt_versions() -> list[str]:
     return sorted(p.name[1:] for p in PROMPTS_DIR.glob("v*") if p.is_dir())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_prompts(version: str) -> dict[str, str]:
     """The four prompt texts of one version (``ValueError`` for an unknown version)."""
     d = PROMPTS_DIR / f"v{version}"
@@ -110,7 +110,7 @@ def idcs(before, after, instruction: str, *, vlm, llm, prompt_version: str = "1"
     v = vlm.complete(vlm_messages, DifferenceDescription, image=side_by_side(before, after), call_name="idcs_describe")
     differences = _field(v.parsed, "differences")
     if not isinstance(differences, str):
-        raise ValueError(f"IDCS: the VLM answer has no 'differences' text: {v.raw!r}")
+        raise ValueError(f"IDCS: the VLM answer has no 'differences' text: {v.raw!r}")  # noqa: TRY004
     llm_messages = [
         {"role": "system", "content": p["llm_system"]},
         {"role": "user", "content": p["llm_user"].format(instruction=instruction.strip(), differences=differences.strip())},

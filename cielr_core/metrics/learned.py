@@ -11,7 +11,6 @@ import logging
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from cielr_core import masks as M
 from cielr_core.metrics import models as mm

@@ -144,7 +144,7 @@ def _masked_ssim_channel(x: np.ndarray, y: np.ndarray, w: np.ndarray, data_range
     Mirrors scikit-image's defaults (7x7 uniform window, sample covariance, K1=0.01, K2=0.03,
     reflect at the borders); with ``w`` all ones it is exactly scikit-image's map. Returns the
     map and the pixels where it is defined (w == 1 and at least 2 region pixels in the window)."""
-    filt = lambda v: ndi.uniform_filter(v, size=SSIM_WIN)  # noqa: E731 - window mean
+    filt = lambda v: ndi.uniform_filter(v, size=SSIM_WIN)
     n_win = SSIM_WIN**2
     frac = filt(w)  # fraction of the window inside the region
     count = np.rint(frac * n_win)

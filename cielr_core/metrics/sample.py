@@ -31,7 +31,7 @@ from typing import Any
 
 from cielr_core.metrics import models as mm
 from cielr_core.metrics.idcs import IDCSResult, idcs
-from cielr_core.metrics.learned import clip_score, lpips_distance, magicbrush_metrics
+from cielr_core.metrics.learned import SMARTEDIT_LPIPS_NET, clip_score, lpips_distance, magicbrush_metrics
 from cielr_core.metrics.pixel import as_rgb, binarize, fit_mask, psnr, ssim, target_iou
 from cielr_core.models import ModelUnavailableError
 
@@ -108,10 +108,10 @@ def metrics_table(rows: list[dict[str, Any]]):
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
-def _model_reason(kind: str, settings) -> str:
+def _model_reason(kind: str, settings, protocol: str = "masked") -> str:
     try:
         if kind == "lpips":
-            mm.get_lpips(settings)
+            mm.get_lpips(settings, net=SMARTEDIT_LPIPS_NET if protocol == "smartedit" else None)
         elif kind == "clip":
             mm.get_clip(settings)
         else:
@@ -164,7 +164,7 @@ def evaluate_sample_full(
             if out[k] is None:
                 missing[k] = "undefined: the region outside the GT mask is empty"
         if out["lpips"] is None:
-            missing["lpips"] = _model_reason("lpips", settings) if region.any() else "undefined: empty region"
+            missing["lpips"] = _model_reason("lpips", settings, protocol) if region.any() else "undefined: empty region"
         if out["clip"] is None and "clip" not in missing:
             missing["clip"] = _model_reason("clip", settings) if gt.any() else "undefined: empty GT mask"
 
@@ -180,7 +180,7 @@ def evaluate_sample_full(
         except ModelUnavailableError as e:
             out["idcs"] = None
             missing["idcs"] = f"model unavailable: {e}"
-        except Exception as e:  # noqa: BLE001 - a judge that errs leaves IDCS missing, not the sample failed
+        except Exception as e:
             if isinstance(e, ValueError) and "unknown IDCS prompt version" in str(e):
                 raise
             log.warning("IDCS missing: %s: %s", type(e).__name__, e)
