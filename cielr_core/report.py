@@ -8,6 +8,9 @@ no Prefect.
 A row is one sample: ``image_id``, ``status`` (``"ok"`` = evaluated; anything else, e.g.
 ``failed``, ``invalid``, ``no_target``, is a failed sample; a row without ``status`` counts as
 ok), optional ``error`` and ``instruction``, and the metric columns (float, ``inf`` or ``None``).
+``status`` is the sample's EVALUATION status: ``ok`` when its metrics were computed. An edit that
+ended ``no_target`` but was still scored (nothing edited: ``target_iou`` 0) is ``ok`` here; keep
+the edit's own status in another column (e.g. ``edit_status``).
 Honest aggregates:
 
 * a failed sample is never dropped: every aggregate row says ``n/N`` (values over all samples)

@@ -373,6 +373,7 @@ def test_all_86_ciebench_samples_load(ciebench_dir, tmp_path):
     assert all(r["image_size"] == r["mask_size"] for r in rows if r["image_id"] != "5")
     m5 = load_gt_mask(s5["mask_uri"], tuple(s5["image_size"]))
     assert m5.shape == (597, 796) and m5.dtype == bool and 0 < m5.mean() < 1
+    np.testing.assert_array_equal(load_gt_mask(Path(s5["mask_uri"]).read_bytes(), (796, 597)), m5)
     assert any("contradicts" in q for q in rows[4]["quirks"])
     path = to_manifest(rows, tmp_path / "ciebench.parquet")
     t = pq.read_table(path)

@@ -10,6 +10,7 @@ never fatal. URIs are absolute local paths; ``root`` is the benchmark folder (ad
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from collections.abc import Iterable
@@ -64,11 +65,12 @@ def image_size(path: str) -> tuple[int, int]:
         return im.size
 
 
-def load_gt_mask(uri: str, size: tuple[int, int] | None = None) -> np.ndarray:
+def load_gt_mask(uri: str | bytes, size: tuple[int, int] | None = None) -> np.ndarray:
     """A GT mask as bool, binarised ``> 127`` (8-bit masks with anti-aliased edges; RGB/RGBA masks
-    use their luminance). With ``size = (width, height)`` a mask stored at another size is resized
-    nearest-neighbour to it (CIEBench sample 5)."""
-    with Image.open(os.path.expanduser(uri)) as im:
+    use their luminance), from a local path or the encoded bytes. With ``size = (width, height)``
+    a mask stored at another size is resized nearest-neighbour to it (CIEBench sample 5)."""
+    src = io.BytesIO(uri) if isinstance(uri, (bytes, bytearray)) else os.path.expanduser(uri)
+    with Image.open(src) as im:
         m = np.asarray(im.convert("L"))
     if size is None:
         return m > 127
