@@ -368,10 +368,13 @@ img.thumb{display:block;max-width:160px;max-height:160px}.missing{color:#888}.sm
 def render_html(rows: Any, *, images: Mapping[str, Mapping[str, Any]] | None = None,
                 title: str = "Evaluation report", metrics: Iterable[str] | None = None,
                 best_of: int | None = None, meta: Mapping[str, Any] | None = None, thumb_size: int = 160,
-                max_sample_rows: int | None = None) -> str:
-    """One standalone HTML page. ``images`` maps ``image_id`` -> ``{"before", "after", "mask"}``
-    (each encoded bytes, an array, a PIL image or ``None``); thumbnails are embedded as data URIs,
-    so the page needs no other file."""
+                max_sample_rows: int | None = None,
+                thumbnails: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """One standalone HTML page. ``images`` (or its alias ``thumbnails``) maps ``image_id`` ->
+    ``{"before", "after", "mask"}`` (each encoded bytes, an array, a PIL image or ``None``);
+    thumbnails are embedded as data URIs, so the page needs no other file."""
+    if thumbnails:
+        images = {**(thumbnails or {}), **(images or {})}
     rows = as_rows(rows)
     mets = metric_columns(rows, metrics)
     agg = aggregate(rows, mets, best_of=best_of)

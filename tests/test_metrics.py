@@ -524,6 +524,7 @@ def test_report_renders_markdown_and_html():
     assert "replace &lt;x&gt;" in html and "<x>" not in html  # escaped
     assert "http" not in html.replace("http://www.w3.org/2000/svg", "")  # standalone
     assert thumbnail_data_uri(b"garbage") is None
+    assert render_html(rows, thumbnails=images, title="CIEBench run r1") == html
 
 
 def test_report_best_of_k_only_when_asked_and_labelled():
