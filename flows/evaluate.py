@@ -16,7 +16,6 @@ import math
 import uuid
 from typing import Any, Literal
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -132,15 +131,18 @@ def evaluate(
     run_id = str(flow_run.id or uuid.uuid4())
     prefix = f"eval/{run_id}"
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(metric_rows), buf)
+    from cielr_core.metrics import metrics_table
+
+    pq.write_table(metrics_table(metric_rows), buf)
     st.put_bytes(f"{prefix}/metrics.parquet", buf.getvalue(), overwrite=False)
     from cielr_core import report
 
     meta = {"benchmark": benchmark, "samples": len(rows), "results_uri": results_uri,
             "protocol": settings.eval.protocol, "profile": settings.profile, "run_id": run_id,
             "rejected": [f"{r['source']}: {r['error']}" for r in bench.rejected]}
-    md = report.render_markdown(metric_rows, meta=meta)
-    html = report.render_html(metric_rows, meta=meta, thumbnails=thumbs)
+    title = f"CIELR evaluation: {benchmark}"
+    md = report.render_markdown(metric_rows, meta=meta, title=title)
+    html = report.render_html(metric_rows, meta=meta, thumbnails=thumbs, title=title)
     st.put_bytes(f"{prefix}/report.md", md.encode(), overwrite=False)
     st.put_bytes(f"{prefix}/report.html", html.encode(), overwrite=False)
     create_markdown_artifact(markdown=md, key="evaluate-report", description=f"evaluation of {benchmark}")
