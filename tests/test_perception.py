@@ -348,6 +348,26 @@ def test_tiny_models_end_to_end_on_a_ciebench_photo(tiny_perception_settings, ph
     assert len(one) <= 1
 
 
+def test_batched_detect_and_depth_equal_per_image_results(tiny_perception_settings, photo):
+    p = Perceiver(tiny_perception_settings)
+    a, b, c = photo, photo[:300, :450].copy(), photo[::-1].copy()  # two sizes; a and c share one
+    dets = p.detect_many([a, b, c])
+    deps = p.depth_many([a, b, c])
+    for rgb, det, dep in zip((a, b, c), dets, deps):
+        one = p.detect(rgb)
+        assert det.labels == one.labels
+        assert np.allclose(det.boxes, one.boxes, atol=1e-3) and np.allclose(det.scores, one.scores, atol=1e-5)
+        assert dep.shape == rgb.shape[:2] and np.allclose(dep, p.depth(rgb), rtol=1e-4, atol=1e-6)
+
+
+def test_an_image_where_nothing_is_found_gives_a_valid_empty_ssr(tiny_perception_settings, photo):
+    # SAM2's predicted IoU is a sigmoid (< 1), so a threshold of 1 keeps no mask
+    scene = Perceiver(tiny_perception_settings).perceive(photo, sam2_overrides={"pred_iou_thresh": 1.0})
+    assert scene.ssr.objects == {} and scene.masks == {}
+    assert SSR.from_json(scene.ssr.canonical_json()) == scene.ssr
+    assert render_overlay(photo, scene).shape == photo.shape
+
+
 def test_registry_loads_each_model_once(tiny_perception_settings, photo):
     p = Perceiver(tiny_perception_settings)
     p.segment(photo)
@@ -455,7 +475,20 @@ def test_cli_ssr_writes_ssr_masks_overlay(perception_models, ciebench_dir, tmp_p
         assert im.size == (ssr.width, ssr.height) and im.mode == "RGB"
     # the same photo through the library gives the same SSR (deterministic, same image digest)
     assert digest == photo_scene.ssr.digest()
+
+
+@pytest.mark.parametrize("case", ["not-an-image", "truncated", "missing"])
+def test_cli_ssr_refuses_bad_input_clearly(case, perception_models, ciebench_dir, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    monkeypatch.setenv("CIELR_MODELS_DIR", str(perception_models))
     bad = tmp_path / "bad.png"
-    bad.write_bytes(b"not an image at all")
+    if case == "not-an-image":
+        bad.write_bytes(b"not an image at all")
+    elif case == "truncated":
+        bad.write_bytes((ciebench_dir / CIEBENCH_ID / f"{CIEBENCH_ID}.png").read_bytes()[:2000])
     res = CliRunner().invoke(app, ["ssr", str(bad), "--profile", "tiny", "--out", str(tmp_path / "o2")])
-    assert res.exit_code == 2 and "error" in res.output
+    assert res.exit_code == 2 and "error:" in res.output and str(bad) in res.output
+    assert not (tmp_path / "o2" / "ssr.json").exists()

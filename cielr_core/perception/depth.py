@@ -7,20 +7,29 @@ per-image normalisation to [0, 1] happen in :mod:`cielr_core.perception.build`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 
 def predict_depth(model: Any, processor: Any, rgb: np.ndarray) -> np.ndarray:
-    h, w = rgb.shape[:2]
+    return predict_depth_batch(model, processor, [rgb])[0]
+
+
+def predict_depth_batch(model: Any, processor: Any, rgbs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Depth maps of images that share one size, in one forward pass (the processor keeps the
+    aspect ratio, so only same-size images stack; :meth:`Perceiver.depth_many` groups them)."""
+    if not rgbs:
+        return []
+    shapes = {r.shape[:2] for r in rgbs}
+    if len(shapes) != 1:
+        raise ValueError(f"a depth batch needs images of one size, got {sorted(shapes)}")
+    h, w = rgbs[0].shape[:2]
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    inputs = processor(images=rgb, return_tensors="pt")
+    inputs = processor(images=list(rgbs), return_tensors="pt")
     with torch.inference_mode():
-        pred = model(pixel_values=inputs["pixel_values"].to(device, dtype)).predicted_depth  # (1, h', w')
-        pred = torch.nn.functional.interpolate(
-            pred[:, None].float(), size=(h, w), mode="bicubic", align_corners=False
-        )[0, 0]
-    return pred.cpu().numpy().astype(np.float32)
+        pred = model(pixel_values=inputs["pixel_values"].to(device, dtype)).predicted_depth  # (B, h', w')
+        pred = torch.nn.functional.interpolate(pred[:, None].float(), size=(h, w), mode="bicubic", align_corners=False)
+    return [p[0].cpu().numpy().astype(np.float32) for p in pred]

@@ -105,33 +105,55 @@ def detect(
     max_queries_per_pass: int = 1024,
     cache_key: str | None = None,
 ) -> Detections:
-    h, w = rgb.shape[:2]
+    return detect_batch(model, processor, [rgb], queries, score_threshold=score_threshold, nms_iou=nms_iou,
+                        max_queries_per_pass=max_queries_per_pass, cache_key=cache_key)[0]
+
+
+def detect_batch(
+    model: Any,
+    processor: Any,
+    rgbs: Sequence[np.ndarray],
+    queries: Sequence[str],
+    *,
+    score_threshold: float,
+    nms_iou: float,
+    max_queries_per_pass: int = 1024,
+    cache_key: str | None = None,
+) -> list[Detections]:
+    """One vision pass over a batch of images (the processor pads each to a square and resizes to
+    the model's input size, so any mix of sizes stacks), every query scored in the same pass."""
+    if not rgbs:
+        return []
     if not queries:
-        return Detections.empty()
+        return [Detections.empty() for _ in rgbs]
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     q_emb = query_embeddings(model, processor, list(queries), cache_key=cache_key)
-    pixel_values = processor.image_processor(images=rgb, return_tensors="pt")["pixel_values"].to(device, dtype)
+    pixel_values = processor.image_processor(images=list(rgbs), return_tensors="pt")["pixel_values"].to(device, dtype)
     with torch.inference_mode():
         feature_map, _ = model.image_embedder(pixel_values=pixel_values)
         b, ph, pw, d = feature_map.shape
         image_feats = feature_map.reshape(b, ph * pw, d)
-        pred_boxes = model.box_predictor(image_feats, feature_map)  # (1, P, 4) cxcywh in [0, 1] of the square
+        pred_boxes = model.box_predictor(image_feats, feature_map)  # (B, P, 4) cxcywh in [0, 1] of the square
         step = max(1, int(max_queries_per_pass))
         logits = torch.cat(
             [
-                model.class_predictor(image_feats, q_emb[i : i + step][None].to(dtype), None)[0]
+                model.class_predictor(image_feats, q_emb[i : i + step][None].expand(b, -1, -1).to(dtype), None)[0]
                 for i in range(0, q_emb.shape[0], step)
             ],
             dim=-1,
-        )  # (1, P, Q)
-    best = logits[0].float().max(dim=-1)
-    scores = torch.sigmoid(best.values).cpu().numpy()
-    label_idx = best.indices.cpu().numpy()
-    boxes = boxes_to_pixels(pred_boxes[0].float().cpu().numpy(), h, w)
-    sel = np.flatnonzero(scores > score_threshold)
-    # degenerate boxes (clipped away entirely) cannot match a mask
-    sel = sel[(boxes[sel, 2] > boxes[sel, 0]) & (boxes[sel, 3] > boxes[sel, 1])]
-    keep = sel[per_label_nms(boxes[sel], scores[sel], label_idx[sel], nms_iou)]
-    keep = keep[np.argsort(-scores[keep], kind="stable")]
-    return Detections(boxes[keep], scores[keep], [queries[i] for i in label_idx[keep]])
+        )  # (B, P, Q)
+    best = logits.float().max(dim=-1)
+    out = []
+    for k, rgb in enumerate(rgbs):
+        h, w = rgb.shape[:2]
+        scores = torch.sigmoid(best.values[k]).cpu().numpy()
+        label_idx = best.indices[k].cpu().numpy()
+        boxes = boxes_to_pixels(pred_boxes[k].float().cpu().numpy(), h, w)
+        sel = np.flatnonzero(scores > score_threshold)
+        # degenerate boxes (clipped away entirely) cannot match a mask
+        sel = sel[(boxes[sel, 2] > boxes[sel, 0]) & (boxes[sel, 3] > boxes[sel, 1])]
+        keep = sel[per_label_nms(boxes[sel], scores[sel], label_idx[sel], nms_iou)]
+        keep = keep[np.argsort(-scores[keep], kind="stable")]
+        out.append(Detections(boxes[keep], scores[keep], [queries[i] for i in label_idx[keep]]))
+    return out

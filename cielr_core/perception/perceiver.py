@@ -95,6 +95,59 @@ class Perceiver:
         model, processor = self.depth_model()
         return depth_mod.predict_depth(model, processor, rgb)
 
+    # -- batches (models resident; OWLv2 and depth batched by cfg.batch_size) ------------------
+    def detect_many(self, rgbs: Sequence[np.ndarray], extra_queries: Sequence[str] = ()) -> list[Detections]:
+        rgbs = [_check_rgb(r) for r in rgbs]
+        model, processor = self.owlv2_model()
+        c = self.cfg.owlv2
+        queries = self.queries(extra_queries)
+        bs = max(1, self.cfg.batch_size)
+        out: list[Detections] = []
+        for i in range(0, len(rgbs), bs):
+            out += label.detect_batch(
+                model, processor, rgbs[i : i + bs], queries,
+                score_threshold=c.score_threshold, nms_iou=c.nms_iou, max_queries_per_pass=c.max_queries_per_pass,
+                cache_key=f"{self._source(c.model)}@{c.model.revision}:{self.device}:{self.dtype}",
+            )
+        return out
+
+    def depth_many(self, rgbs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Depth of many images: same-size images share forward passes of up to batch_size."""
+        rgbs = [_check_rgb(r) for r in rgbs]
+        model, processor = self.depth_model()
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, r in enumerate(rgbs):
+            groups.setdefault(r.shape[:2], []).append(i)
+        out: list[np.ndarray | None] = [None] * len(rgbs)
+        bs = max(1, self.cfg.batch_size)
+        for idx in groups.values():
+            for j in range(0, len(idx), bs):
+                chunk = idx[j : j + bs]
+                for i, d in zip(chunk, depth_mod.predict_depth_batch(model, processor, [rgbs[i] for i in chunk])):
+                    out[i] = d
+        return out  # type: ignore[return-value]
+
+    def perceive_many(self, rgbs: Sequence[np.ndarray], *, image_sha256s: Sequence[str] | None = None,
+                      extra_queries: Sequence[str] = ()) -> list[Scene]:
+        """SSR version 0 of each image: SAM2 resident and run per image, OWLv2 and depth batched."""
+        from cielr_core.images import image_digest
+
+        rgbs = [_check_rgb(r) for r in rgbs]
+        shas = list(image_sha256s) if image_sha256s is not None else [image_digest(r) for r in rgbs]
+        if len(shas) != len(rgbs):
+            raise ValueError(f"{len(rgbs)} images but {len(shas)} digests")
+        segs = [self.segment(r) for r in rgbs]
+        dets = self.detect_many(rgbs, extra_queries)
+        deps = self.depth_many(rgbs)
+        prov = self.provenance()
+        if extra_queries:
+            prov["extra_queries"] = list(merge_queries(extra_queries))
+        return [
+            self.assemble(sg, dt, dp, image_sha256=sha, width=r.shape[1], height=r.shape[0], version=0,
+                          provenance=dict(prov))
+            for r, sha, sg, dt, dp in zip(rgbs, shas, segs, dets, deps)
+        ]
+
     def assemble(
         self,
         seg: SegmentResult,
