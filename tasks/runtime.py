@@ -67,25 +67,46 @@ def llm(s: Settings):
         return m
 
 
+_result_storages: dict[str, Any] = {}
+
+
 def result_storage(s: Settings):
-    """Prefect result storage (results and cache records) on the same store as the artifacts."""
-    from prefect.filesystems import LocalFileSystem, RemoteFileSystem
+    """Prefect result storage (results and cache records) on the same store as the artifacts.
+
+    Local stores: a path (Prefect resolves it to a LocalFileSystem). S3 stores: Prefect needs the
+    block saved server-side (so any process can read results back), so a RemoteFileSystem block
+    named after the store URL and endpoint is saved once per process, WITHOUT credentials: s3fs
+    takes them from the standard AWS variables, which ``CIELR_STORE__KEY`` / ``__SECRET`` fill for
+    this process when they are not already set. Secrets never go into the Prefect database.
+    """
+    from pathlib import Path
 
     st = store(s)
     if st.protocol == "file":
-        return LocalFileSystem(basepath=os.path.join(st.root, "prefect"))
+        return Path(st.root) / "prefect"
+    if s.store.key is not None:
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", s.store.key.get_secret_value())
+    if s.store.secret is not None:
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", s.store.secret.get_secret_value())
+    basepath = f"s3://{st.root}/prefect"
     opts: dict[str, Any] = {"skip_instance_cache": True}
     if s.store.endpoint_url:
         opts["endpoint_url"] = s.store.endpoint_url
-    if s.store.key is not None:
-        opts["key"] = s.store.key.get_secret_value()
-    if s.store.secret is not None:
-        opts["secret"] = s.store.secret.get_secret_value()
     if s.store.region:
         opts["client_kwargs"] = {"region_name": s.store.region}
     if s.store.anon:
         opts["anon"] = True
-    return RemoteFileSystem(basepath=f"s3://{st.root}/prefect", settings=opts)
+    name = "cielr-results-" + sha256_json([basepath, opts])[:20]
+    with _lock:
+        block = _result_storages.get(name)
+    if block is None:
+        from prefect.filesystems import RemoteFileSystem
+
+        block = RemoteFileSystem(basepath=basepath, settings=opts)
+        block.save(name, overwrite=True)
+        with _lock:
+            _result_storages[name] = block
+    return block
 
 
 def reset() -> None:
@@ -95,3 +116,4 @@ def reset() -> None:
         _stores.clear()
         _perceivers.clear()
         _llms.clear()
+        _result_storages.clear()
