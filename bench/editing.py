@@ -201,16 +201,21 @@ def markdown(results: list[dict], args, gpu_note: str | None) -> str:
     import torch
 
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    e0 = results[0]["editing"]
+    sizes = ", ".join(sorted({v["size"] for r in results for v in r["per_image"].values()}))
     lines = [
         f"\n## Editing (`bench/editing.py`) — {now}\n",
-        f"- Machine: {machine()}; torch {torch.__version__} (CPU threads {results[0]['torch_threads'] if results else '?'}),"
-        f" diffusers {diffusers.__version__}, Python {platform.python_version()}.",
-        f"- Inputs: CIEBench samples {', '.join(args.samples)} (796x597"
-        + (f", scaled x{args.scale}" if args.scale != 1 else "") + "), the ground-truth mask as the target; "
-        f"`remove` for OpenCV, `replace` for diffusers; crop mode on, dilation 8 px, feather 4 px, margin 0.5.",
-        f"- Step time: median of {args.repeats} runs per image after one warm-up step (its time is listed apart); "
-        "includes mask prep, crop, inpaint, paste. Load: pipeline load through the model registry. Peak RSS: the "
-        "worker process's maximum resident set (Python + torch + the models), one process per configuration.",
+        (f"- Machine: {machine()}; torch {torch.__version__} (CPU threads "
+         f"{results[0]['torch_threads'] if results else '?'}), diffusers {diffusers.__version__}, "
+         f"Python {platform.python_version()}."),
+        (f"- Inputs: CIEBench samples {', '.join(args.samples)} ({sizes}"
+         + (f", scaled x{args.scale}" if args.scale != 1 else "") + "), the ground-truth mask as the target; "
+         f"`remove` for OpenCV, `replace` for diffusers; crop mode {'on' if e0['crop_mode'] else 'off'}, "
+         f"dilation {e0['dilate_px']} px, feather {e0['feather_px']} px, margin {e0['crop_margin']}; "
+         f"device {e0['device']}, dtype {e0['dtype']} (GPU row: its own)."),
+        (f"- Step time: median of {args.repeats} runs per image after one warm-up step (its time is listed apart); "
+         "includes mask prep, crop, inpaint, paste. Load: pipeline load through the model registry. Peak RSS: the "
+         "worker process's maximum resident set (Python + torch + the models), one process per configuration."),
         "- Random weights: outputs are meaningless; these measure cost, not quality.",
         f"- Load average (1 min) before / after the run: {args.load_before:.2f} / {os.getloadavg()[0]:.2f} on "
         f"{os.cpu_count()} CPUs" + (" -- a shared machine, other jobs were running: expect noisy timings"
@@ -272,7 +277,7 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--worker", name, "--samples", *args.samples, "--repeats", str(args.repeats),
                "--models-dir", models_dir, "--scale", str(args.scale)]
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONWARNINGS="ignore")
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, cwd=REPO)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if proc.returncode or line is None:
             print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)

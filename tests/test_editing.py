@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import tiny_family
 
 from cielr_core import masks as M
 from cielr_core import models as registry
@@ -23,9 +24,7 @@ from cielr_core.editing import (
 from cielr_core.editing.prep import crop_box, feather_alpha, model_size
 from cielr_core.models import ModelUnavailableError
 from cielr_core.plan import EditPlan, EditStep, Placement
-from cielr_core.ssr import SSR, SSRObject, Scene, make_object
-
-from conftest import tiny_family
+from cielr_core.ssr import SSR, Scene, SSRObject, make_object
 
 H, W = 97, 131  # odd on purpose
 
@@ -65,9 +64,11 @@ class InvertingInpainterDouble:
 
     def __init__(self):
         self.calls: list[tuple[np.ndarray, np.ndarray]] = []
+        self.prompts: list[tuple[str, str, int]] = []
 
     def inpaint(self, image, mask, *, prompt="", negative_prompt="", seed=0):
         self.calls.append((image.copy(), mask.copy()))
+        self.prompts.append((prompt, negative_prompt, seed))
         out = image.copy()
         out[mask] = 255 - out[mask]
         return out
@@ -231,6 +232,18 @@ def test_opencv_remove_outside_mask_identical(dilate, feather):
     assert np.array_equal(r.mask, M.dilate(obj, dilate))
     assert np.array_equal(r.image[~r.mask], rgb[~r.mask])
     assert (r.image[obj] != rgb[obj]).any()
+
+
+def test_operation_prompts_and_seed_reach_the_inpainter():
+    rgb = rand_rgb()
+    sc = scene_of({1: box(H, W, 10, 20, 10, 20), 2: box(H, W, 50, 60, 50, 60)}, labels={1: "cup", 2: "clock"})
+    cfg = EditingConfig(negative_prompt="blurry", remove_prompt="empty table")
+    double = InvertingInpainterDouble()
+    execute_step(rgb, step("remove", ids=(1, 2)), sc, cfg, seed=5, inpainter=double)
+    execute_step(rgb, step("replace", ids=(1,), prompt="an orange"), sc, cfg, inpainter=double)
+    execute_step(rgb, step("recolor", ids=(2,)), sc, cfg, inpainter=double)  # no prompt: the sub-task text
+    assert double.prompts == [("empty table", "blurry, clock, cup", 5), ("an orange", "blurry", cfg.seed),
+                              ("recolor it", "blurry", cfg.seed)]
 
 
 # -- mask preparation ----------------------------------------------------------------------------

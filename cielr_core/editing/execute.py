@@ -23,8 +23,8 @@ same as the per-step orchestration task does).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence, Union
 
 import numpy as np
 
@@ -64,7 +64,7 @@ class PlanResult:
         return sum(not r.skipped for r in self.steps)
 
 
-SceneSource = Union[Scene, Sequence[Scene], Callable[[int, EditStep, np.ndarray], Scene]]
+SceneSource = Scene | Sequence[Scene] | Callable[[int, EditStep, np.ndarray], Scene]
 
 
 # -- masks ---------------------------------------------------------------------------------------

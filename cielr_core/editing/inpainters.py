@@ -8,7 +8,9 @@
   once per process through :mod:`cielr_core.models` (keyed by source, revision, device, dtype).
   It works at the model's resolution (long side = ``resolution``, sides multiples of the VAE
   factor) and returns an image of the input's size. A NaN or all-black output (fp16 overflow) is
-  retried once with the float32 pipeline; if that is unusable too, :class:`EditingError`.
+  retried once with the float32 pipeline (loaded through the registry too, so it then stays
+  resident beside the half-precision one); if that is unusable too, :class:`EditingError`. An
+  output flagged by the pipeline's own safety checker is an :class:`EditingError` (no retry).
 
 Both take ``image`` (HxWx3 uint8) and ``mask`` (HxW bool, True = repaint) and return an HxWx3 uint8
 image of the same size. Compositing (only the mask may change) is done by the caller
@@ -22,7 +24,8 @@ import json
 import logging
 import os
 import threading
-from typing import Any, Callable, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -121,7 +124,6 @@ def diffusers_loader(source: str, revision: str | None, device: str) -> Pipeline
     """A loader of the pipeline at ``source`` in a given dtype, on ``device``."""
 
     def load(dtype_name: str) -> Any:
-        import torch
         from diffusers import AutoPipelineForInpainting
 
         if _looks_local(source) and not os.path.exists(source):
@@ -214,17 +216,17 @@ class DiffusersInpainter:
         mw, mh = model_size(w, h, self.resolution, factor)
         img = Image.fromarray(resize_rgb(image, (mw, mh)))
         msk = Image.fromarray(resize_mask(mask, (mw, mh)).astype(np.uint8) * 255)
-        kwargs: dict[str, Any] = dict(
-            prompt=prompt,
-            image=img,
-            mask_image=msk,
-            height=mh,
-            width=mw,
-            num_inference_steps=self.steps,
-            guidance_scale=self.guidance_scale,
-            generator=torch.Generator(device="cpu").manual_seed(int(seed)),
-            output_type="np",
-        )
+        kwargs: dict[str, Any] = {
+            "prompt": prompt,
+            "image": img,
+            "mask_image": msk,
+            "height": mh,
+            "width": mw,
+            "num_inference_steps": self.steps,
+            "guidance_scale": self.guidance_scale,
+            "generator": torch.Generator(device="cpu").manual_seed(int(seed)),
+            "output_type": "np",
+        }
         accepted = inspect.signature(pipe.__call__).parameters
         if "negative_prompt" in accepted and negative_prompt:
             kwargs["negative_prompt"] = negative_prompt

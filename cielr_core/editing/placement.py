@@ -32,7 +32,7 @@ def placement_box(
     placement: Placement, anchor_box: tuple[float, float, float, float] | None, shape: tuple[int, int]
 ) -> tuple[int, int, int, int]:
     """The placement region ``(x0, y0, x1, y1)`` clipped to ``shape`` (H, W); may be empty."""
-    H, W = shape
+    W = shape[1]
     rel = placement.relation
     if rel == "box":
         return M.rasterize_box(placement.box, shape)

@@ -60,7 +60,7 @@ def crop_box(mask: np.ndarray, margin: float, min_side: int = 0) -> Box | None:
         return None
     H, W = m.shape
     bx0, by0, bx1, by1 = b
-    pad = int(math.ceil(max(0.0, margin) * max(bx1 - bx0, by1 - by0)))
+    pad = math.ceil(max(0.0, margin) * max(bx1 - bx0, by1 - by0))
     side = max(bx1 - bx0 + 2 * pad, by1 - by0 + 2 * pad, int(min_side))
 
     def place(lo: int, hi: int, size: int) -> tuple[int, int]:
@@ -84,7 +84,7 @@ def model_size(width: int, height: int, resolution: int, multiple: int = 8) -> t
     scale = resolution / max(width, height)
 
     def r(v: int) -> int:
-        return max(multiple, int(round(v * scale / multiple)) * multiple)
+        return max(multiple, round(v * scale / multiple) * multiple)
 
     return r(width), r(height)
 
