@@ -29,7 +29,13 @@ from cielr_core.plan import EditPlan, EditStep, Placement
 from cielr_core.reasoning.llm import LLM, AnswerParseError, InvalidAnswerError, LLMError, format_validation_error
 from cielr_core.reasoning.prompting import Prompts
 from cielr_core.reasoning.sandbox import SandboxError, SandboxRefused, check_code, run_code
-from cielr_core.reasoning.schemas import Assessment, SpatialCode, decomposition_schema, reason_schema
+from cielr_core.reasoning.schemas import (
+    Assessment,
+    SpatialCode,
+    answer_fields,
+    decomposition_schema,
+    reason_schema,
+)
 from cielr_core.reasoning.spatial import BUILTIN_RELATIONS_VERSION, builtin_relations, with_attributes
 from cielr_core.reasoning.trace import Trace
 from cielr_core.ssr import SSR, Scene
@@ -226,25 +232,29 @@ class Reasoner:
                 "stability_score_thresh": round(min(1.0, s.stability_score_thresh + 0.03), 4)}
 
 
-def _to_step(a: Any, subtask: str, digest: str) -> EditStep:
+def _to_step(parsed: Any, subtask: str, digest: str) -> EditStep:
+    a = answer_fields(parsed)
+    reason = (getattr(a, "reason", "") or "").strip()
     if a.status == "no_target":
-        return EditStep(subtask=subtask, status="no_target", reason=a.reason.strip() or "no object matches",
-                        ssr_digest=digest)
-    if a.operation is None:
+        return EditStep(subtask=subtask, status="no_target", reason=reason or "no object matches", ssr_digest=digest)
+    op = getattr(a, "operation", None)
+    prompt = (getattr(a, "prompt", "") or "").strip()
+    if op is None:
         raise ValueError("operation: an ok answer needs an operation (remove, replace, add or recolor)")
-    if a.operation in NEEDS_PROMPT and not a.prompt.strip():
-        raise ValueError(f"prompt: a {a.operation!r} answer needs a prompt for the inpainter")
+    if op in NEEDS_PROMPT and not prompt:
+        raise ValueError(f"prompt: a {op!r} answer needs a prompt for the inpainter")
     placement = None
-    if a.operation == "add":
-        if a.placement is None:
+    if op == "add":
+        p = getattr(a, "placement", None)
+        if p is None:
             raise ValueError("placement: an 'add' answer needs a placement")
-        p = a.placement
-        placement = Placement(relation=p.relation, object_id=p.object_id,
-                              box=None if p.box is None else tuple(float(x) for x in p.box),
+        box = getattr(p, "box", None)
+        placement = Placement(relation=p.relation, object_id=getattr(p, "object_id", None),
+                              box=None if box is None else tuple(float(x) for x in box),
                               size_fraction=p.size_fraction)
-    targets = sorted(set(a.target_ids)) if a.operation != "add" else []
-    return EditStep(subtask=subtask, status="ok", reason=a.reason.strip(), operation=a.operation,
-                    target_ids=targets, prompt=a.prompt.strip(), placement=placement, ssr_digest=digest)
+    targets = sorted(set(getattr(a, "target_ids", []) or [])) if op != "add" else []
+    return EditStep(subtask=subtask, status="ok", reason=reason, operation=op, target_ids=targets, prompt=prompt,
+                    placement=placement, ssr_digest=digest)
 
 
 def _has_builtin(ssr: SSR) -> bool:

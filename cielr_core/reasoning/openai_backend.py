@@ -23,6 +23,10 @@ from cielr_core.reasoning.llm import AnswerParseError, LLMCall, LLMError, json_s
 if TYPE_CHECKING:  # pragma: no cover
     from cielr_core.config import LLMConfig
 
+# vLLM, SGLang and Ollama constrain to the schema whatever this flag says; OpenAI's strict mode
+# refuses schemas with optional fields or some keywords (HTTP 400 on every call). Not strict here,
+# and every answer is validated on our side anyway (then re-asked).
+STRICT = False
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 MAX_BACKOFF_S = 30.0
 
@@ -72,7 +76,7 @@ class OpenAILLM:
             "max_tokens": self.cfg.max_new_tokens,
             "response_format": {
                 "type": "json_schema",
-                "json_schema": {"name": schema.__name__, "schema": json_schema_for(schema), "strict": True},
+                "json_schema": {"name": schema.__name__, "schema": json_schema_for(schema), "strict": STRICT},
             },
         }
 

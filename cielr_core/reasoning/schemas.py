@@ -9,9 +9,9 @@ Strings are bounded; numbers are bounded so that constrained decoding always ter
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model
 
 Text = Annotated[str, Field(max_length=400)]
 SubTask = Annotated[str, Field(min_length=1, max_length=300)]
@@ -63,32 +63,67 @@ def decomposition_schema(max_subtasks: int) -> type[BaseModel]:
 
 
 def reason_schema(ids: list[int], width: int, height: int) -> type[BaseModel]:
-    """The final answer for one sub-task, with ids restricted to ``ids``."""
+    """The final answer for one sub-task, with ids restricted to ``ids``.
+
+    One of several object shapes (a JSON-schema ``anyOf``), so that every answer the grammar lets a
+    model write is also a consistent edit step: ``no_target`` with a reason; ``remove`` with at
+    least one target; ``replace`` / ``recolor`` with targets and a non-empty inpainter prompt;
+    ``add`` with a prompt and a placement (anchored on an existing id, or a box). With no objects in
+    the SSR only ``no_target`` and ``add`` in a box remain."""
     ids = sorted(ids)
-    if ids:
-        Id: Any = Literal[tuple(ids)]  # type: ignore[valid-type]
-        targets = (list[Id], Field(default_factory=list, max_length=len(ids)))
-        anchor = (Optional[Id], None)
-    else:  # nothing to point at: only `no_target` or an `add` in a box can be valid
-        targets = (list[int], Field(default_factory=list, max_length=0))
-        anchor = (Optional[None], None)
     side = max(width, height)
     Coord = Annotated[int, Field(ge=0, le=side)]
-    placement = create_model(
-        "PlacementAnswer",
-        __base__=_Answer,
-        relation=(Literal[RELATIONS], ...),
-        object_id=anchor,
-        box=(Optional[Annotated[list[Coord], Field(min_length=4, max_length=4)]], None),
-        size_fraction=(Annotated[float, Field(ge=0.05, le=1.0)], 0.25),
-    )
-    return create_model(
-        "ReasonAnswer",
-        __base__=_Answer,
-        status=(Literal["ok", "no_target"], ...),
-        reason=(Text, ...),
-        operation=(Optional[Literal[OPERATIONS]], None),
-        target_ids=targets,
-        prompt=(Text, ""),
-        placement=(Optional[placement], None),
-    )
+    Fraction = Annotated[float, Field(ge=0.05, le=1.0)]
+    Prompt = Annotated[str, Field(min_length=1, max_length=400)]
+
+    class NoTarget(_Answer):
+        status: Literal["no_target"]
+        reason: Text
+
+    class BoxPlacement(_Answer):
+        relation: Literal["box"]
+        box: Annotated[list[Coord], Field(min_length=4, max_length=4)]
+        size_fraction: Fraction = 0.25
+
+    variants: list[Any] = [NoTarget]
+    placements: list[Any] = [BoxPlacement]
+    if ids:
+        Id: Any = Literal[tuple(ids)]  # type: ignore[valid-type]
+        Targets = Annotated[list[Id], Field(min_length=1, max_length=len(ids))]
+
+        class AnchorPlacement(_Answer):
+            relation: Literal[RELATIONS[:-1]]  # type: ignore[valid-type]
+            object_id: Id
+            size_fraction: Fraction = 0.25
+
+        class Remove(_Answer):
+            status: Literal["ok"]
+            reason: Text
+            operation: Literal["remove"]
+            target_ids: Targets
+            prompt: Text = ""
+
+        class Change(_Answer):
+            status: Literal["ok"]
+            reason: Text
+            operation: Literal["replace", "recolor"]
+            target_ids: Targets
+            prompt: Prompt
+
+        variants += [Remove, Change]
+        placements.insert(0, AnchorPlacement)
+
+    class Add(_Answer):
+        status: Literal["ok"]
+        reason: Text
+        operation: Literal["add"]
+        prompt: Prompt
+        placement: Union[tuple(placements)]  # type: ignore[valid-type]
+
+    variants.append(Add)
+    return type("ReasonAnswer", (RootModel[Union[tuple(variants)]],), {})  # type: ignore[valid-type]
+
+
+def answer_fields(parsed: BaseModel) -> BaseModel:
+    """The answer object inside a root-model answer (or the answer itself)."""
+    return getattr(parsed, "root", parsed)

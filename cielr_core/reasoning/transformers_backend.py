@@ -117,7 +117,8 @@ class TransformersLLM:
                 )
         prompt = self.render(messages)
         extra["prompt"] = prompt
-        gschema = json.dumps(grammar_schema(schema), sort_keys=True)
+        # key order matters: the grammar emits properties in schema order (pydantic's field order)
+        gschema = json.dumps(grammar_schema(schema))
         t0 = time.perf_counter()
         with lm.lock:
             compiled = lm.grammar(gschema)

@@ -22,6 +22,7 @@ def register(app: typer.Typer) -> None:
             None, "--image", "-i", help="the image the SSR describes (needed for semantic updates of the SSR)"
         ),
         trace: Optional[str] = typer.Option(None, "--trace", "-t", help="also write the reasoning trace JSON here"),
+        out: Optional[str] = typer.Option(None, "--out", "-o", help="also write plan.json and trace.json into DIR"),
     ) -> None:
         """Decompose the instruction and reason each sub-task over the SSR; prints the EditPlan as JSON.
 
@@ -77,17 +78,23 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"warning: perception is unavailable ({e}); semantic updates are skipped", err=True)
 
         tr = Trace()
+        traces = [trace] + ([os.path.join(out, "trace.json")] if out else [])
+        if out:
+            os.makedirs(out, exist_ok=True)
         try:
             llm = make_llm(settings.llm, settings)
             result = Reasoner(settings, llm, updater=updater, trace=tr).plan(instruction, rgb, scene)
         except (InvalidAnswerError, LLMError, ModelUnavailableError) as e:
-            _write_trace(trace, tr)
+            _write(traces, tr.to_json_bytes())
             raise fail(f"{type(e).__name__}: {e}") from e
-        _write_trace(trace, tr)
+        _write(traces, tr.to_json_bytes())
+        if out:
+            _write([os.path.join(out, "plan.json")], result.canonical_json())
         typer.echo(json.dumps(result.model_dump(mode="json"), indent=2))
 
 
-def _write_trace(path: Optional[str], tr) -> None:
-    if path:
-        with open(path, "wb") as f:
-            f.write(tr.to_json_bytes())
+def _write(paths: list[Optional[str]], data: bytes) -> None:
+    for path in paths:
+        if path:
+            with open(path, "wb") as f:
+                f.write(data)
