@@ -123,6 +123,20 @@ def test_match_takes_best_iou_label_and_respects_minimum():
     assert match_labels([mask], Detections.empty(), 0.3) == [("unknown", 0.0, 0.0)]
 
 
+def test_integral_box_iou_equals_mask_box_iou_exactly():
+    from cielr_core.perception.build import box_ious
+
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        h, w = rng.integers(5, 40, size=2)
+        mask = rng.random((h, w)) > 0.6
+        boxes = rng.uniform(-5, 45, size=(7, 4))
+        boxes[:, 2:] = boxes[:, :2] + rng.uniform(0, 30, size=(7, 2))
+        got = box_ious(mask, boxes)
+        want = [M.mask_box_iou(mask, b) for b in boxes]
+        assert np.allclose(got, want, rtol=0, atol=1e-12)
+
+
 # --- merging -------------------------------------------------------------------------------------
 def test_merge_touching_same_label_but_not_apart_or_other_label():
     shape = (10, 30)
@@ -475,6 +489,28 @@ def test_cli_ssr_writes_ssr_masks_overlay(perception_models, ciebench_dir, tmp_p
         assert im.size == (ssr.width, ssr.height) and im.mode == "RGB"
     # the same photo through the library gives the same SSR (deterministic, same image digest)
     assert digest == photo_scene.ssr.digest()
+
+
+def test_cli_ssr_default_writes_into_the_store_at_the_task_key(perception_models, ciebench_dir, tmp_path,
+                                                                monkeypatch, photo, photo_scene):
+    """Without --out the SSR lands where the pipeline's merge-ssr task puts it (tasks.keys.ssr_prefix)."""
+    from typer.testing import CliRunner
+
+    from cielr_core.images import image_digest
+    from flows.cli import app
+    from tasks.keys import ssr_prefix
+
+    monkeypatch.setenv("CIELR_MODELS_DIR", str(perception_models))
+    monkeypatch.setenv("CIELR_STORE__URL", str(tmp_path / "store"))
+    img = ciebench_dir / CIEBENCH_ID / f"{CIEBENCH_ID}.png"
+    res = CliRunner().invoke(app, ["ssr", str(img), "--profile", "tiny"])
+    assert res.exit_code == 0, res.output
+    s = load_settings(profile="tiny")
+    prefix = ssr_prefix(image_digest(photo), s)
+    st = ArtifactStore(str(tmp_path / "store"))
+    scene = load_scene(st, prefix)
+    assert scene.ssr.digest() == res.stdout.strip().splitlines()[-1] == photo_scene.ssr.digest()
+    assert st.exists(f"{prefix}/overlay.png")
 
 
 @pytest.mark.parametrize("case", ["not-an-image", "truncated", "missing"])

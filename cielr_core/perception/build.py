@@ -29,14 +29,32 @@ from cielr_core.perception.results import Detections, SegmentResult
 from cielr_core.ssr import SSR, UNKNOWN, Scene, make_object
 
 
+def box_ious(mask: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one mask with each box's filled rectangle, exactly as
+    :func:`cielr_core.masks.mask_box_iou` (same rasterisation), via one integral image: O(H*W) once
+    per mask, then O(1) per box."""
+    m = M.as_bool(mask)
+    h, w = m.shape
+    if len(boxes) == 0:
+        return np.zeros((0,), dtype=np.float64)
+    integral = np.zeros((h + 1, w + 1), dtype=np.int64)
+    integral[1:, 1:] = m.cumsum(0, dtype=np.int64).cumsum(1)
+    area = int(integral[h, w])
+    ext = np.array([M.rasterize_box(b, (h, w)) for b in boxes], dtype=np.int64).reshape(-1, 4)
+    x0, y0, x1, y1 = ext.T
+    inter = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+    union = area + (x1 - x0) * (y1 - y0) - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+
+
 def match_labels(masks: Sequence[np.ndarray], det: Detections, min_iou: float) -> list[tuple[str, float, float]]:
     """Per mask: (label, detector score, the IoU that decided it)."""
     out: list[tuple[str, float, float]] = []
     for m in masks:
+        ious = box_ious(m, det.boxes)
         best: tuple[float, float, int] | None = None  # (iou, score, -index)
         for j in range(len(det)):
-            iou = M.mask_box_iou(m, det.boxes[j])
-            cand = (iou, float(det.scores[j]), -j)
+            cand = (float(ious[j]), float(det.scores[j]), -j)
             if best is None or cand > best:
                 best = cand
         if best is not None and best[0] >= min_iou and best[0] > 0:
