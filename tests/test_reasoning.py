@@ -334,7 +334,7 @@ def test_nonexistent_id_rejected_then_fails_clearly():
     with pytest.raises(InvalidAnswerError) as ei:
         r.plan_step("remove the cup", "i", RGB, make_scene())
     msg = str(ei.value)
-    assert "'reason'" in msg and "3 attempt" in msg and "target_ids" in msg
+    assert "'reason'" in msg and "3 attempt" in msg and "remove.target_ids.0: Input should be 0, 1 or 2" in msg
     assert ei.value.attempts == 3
     assert [e["attempt"] for e in r.trace.of_type("llm_call") if e["call_name"] == "reason"] == [0, 1, 2]
     llm.done()

@@ -148,6 +148,9 @@ def grammar_schema(schema: type[BaseModel] | dict[str, Any], *, max_string: int 
     def walk(node: Any) -> Any:
         if isinstance(node, dict):
             node = {k: walk(v) for k, v in node.items()}
+            if "oneOf" in node and "anyOf" not in node:
+                # the grammar can only approximate oneOf; pydantic checks exclusivity afterwards
+                node["anyOf"] = node.pop("oneOf")
             if node.get("type") == "string" and not any(k in node for k in ("enum", "const", "pattern", "format")):
                 lo = int(node.pop("minLength", 0))
                 hi = max(lo, int(node.pop("maxLength", max_string)))

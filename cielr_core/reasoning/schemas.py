@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, create_model
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, RootModel, Tag, create_model
 
 Text = Annotated[str, Field(max_length=400)]
 SubTask = Annotated[str, Field(min_length=1, max_length=300)]
@@ -121,7 +121,29 @@ def reason_schema(ids: list[int], width: int, height: int) -> type[BaseModel]:
         placement: Union[tuple(placements)]  # type: ignore[valid-type]
 
     variants.append(Add)
-    return type("ReasonAnswer", (RootModel[Union[tuple(variants)]],), {})  # type: ignore[valid-type]
+    tags: dict[Any, str] = {NoTarget: "no_target", Add: "add"}
+    if ids:
+        tags.update({Remove: "remove", Change: "change"})
+    available = {tags[v] for v in variants}
+
+    def kind(v: Any) -> str | None:
+        # picks the one shape an answer claims to be, so a validation error names only its problems
+        status = v.get("status") if isinstance(v, dict) else getattr(v, "status", None)
+        op = v.get("operation") if isinstance(v, dict) else getattr(v, "operation", None)
+        if status == "no_target":
+            return "no_target"
+        if status == "ok":
+            k = {"remove": "remove", "replace": "change", "recolor": "change", "add": "add"}.get(op)
+            return k if k in available else None
+        return None
+
+    ops = "add" if not ids else "remove, replace, recolor or add"
+    shape = Annotated[
+        Union[tuple(Annotated[v, Tag(tags[v])] for v in variants)],  # type: ignore[misc]
+        Discriminator(kind, custom_error_type="answer_shape", custom_error_message=(
+            f"status must be 'no_target' (with a reason), or 'ok' with an operation: {ops}")),
+    ]
+    return type("ReasonAnswer", (RootModel[shape],), {})  # type: ignore[valid-type]
 
 
 def answer_fields(parsed: BaseModel) -> BaseModel:
