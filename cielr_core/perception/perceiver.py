@@ -22,8 +22,9 @@ from cielr_core.perception.versions import (
     LABEL_CODE_VERSION,
     SEGMENT_CODE_VERSION,
 )
-from cielr_core.perception.vocabulary import load_vocabulary, merge_queries
+from cielr_core.perception.vocabulary import BUILTIN, load_vocabulary, merge_queries
 from cielr_core.ssr import Scene
+from storage.canonical import sha256_json
 
 
 def _check_rgb(rgb: np.ndarray) -> np.ndarray:
@@ -234,7 +235,11 @@ class Perceiver:
                 "owlv2": {"id": c.owlv2.model.id, "revision": c.owlv2.model.revision},
                 "depth": {"id": c.depth.model.id, "revision": c.depth.model.revision},
             },
-            "vocabulary": c.owlv2.vocabulary if c.owlv2.vocabulary in ("coco",) else "file",
+            "vocabulary": {
+                "name": c.owlv2.vocabulary if c.owlv2.vocabulary in BUILTIN else "file",
+                "n": len(self.vocabulary),
+                "sha256": sha256_json(self.vocabulary),
+            },
             "code": {
                 "segment": SEGMENT_CODE_VERSION,
                 "label": LABEL_CODE_VERSION,
