@@ -15,8 +15,7 @@ import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -515,12 +514,12 @@ def test_sandbox_wall_timeout():
     ("x = np.fromfile('/etc/passwd', dtype=np.uint8)", "denied|SystemError"),  # numpy's C code mangles the denial
     ("np.save('/tmp/cielr-sandbox-escape.npy', np.zeros(3))", "denied"),
     ("import os", "ImportError"),
-    ("for c in ().__class__.__base__.__subclasses__():\n"
-     "    if c.__name__ == '_wrap_close':\n"
-     "        c.__init__.__globals__['system']('touch /tmp/cielr-sandbox-escape')\n", "denied"),
-    ("for c in ().__class__.__base__.__subclasses__():\n"
-     "    if c.__name__ == '_wrap_close':\n"
-     "        c.__init__.__globals__['fork']()\n", "denied"),
+    (("for c in ().__class__.__base__.__subclasses__():\n"
+      "    if c.__name__ == '_wrap_close':\n"
+      "        c.__init__.__globals__['system']('touch /tmp/cielr-sandbox-escape')\n"), "denied"),
+    (("for c in ().__class__.__base__.__subclasses__():\n"
+      "    if c.__name__ == '_wrap_close':\n"
+      "        c.__init__.__globals__['fork']()\n"), "denied"),
 ])
 def test_sandbox_child_layers_deny_escapes(code, why):
     for p in ("/tmp/cielr-sandbox-escape", "/tmp/cielr-sandbox-escape.npy"):
@@ -656,8 +655,11 @@ def test_openai_backend_unreachable_is_transient():
 
 def test_openai_backend_in_the_loop_keeps_key_out_of_trace(chat_server):
     answers = iter([{"subtasks": ["remove the cup"]}, A("none"), "not json", R(ids=[0])])
-    chat_server.script = [(200, lambda body: (lambda a: a if isinstance(a, str) else json.dumps(a))(next(answers)), 0)
-                          for _ in range(4)]
+    def answer(body):
+        a = next(answers)
+        return a if isinstance(a, str) else json.dumps(a)
+
+    chat_server.script = [(200, answer, 0) for _ in range(4)]
     llm, s = openai_llm(chat_server.url)
     assert type(make_llm(s.llm, s)).__name__ == "OpenAILLM"
     tr = Trace()
@@ -780,3 +782,12 @@ def test_cli_plan(tmp_path, chat_server):
 
     bad = CliRunner().invoke(app, ["plan", str(tmp_path / "nope.json"), "x", "--config", str(cfg)])
     assert bad.exit_code == 2 and "cannot read" in bad.output
+
+
+def test_transformers_backend_missing_model_is_clear(tmp_path):
+    from cielr_core.models import ModelUnavailableError
+
+    s = load_settings(profile="tiny", overrides={"models_dir": str(tmp_path / "none")})
+    llm = make_llm(s.llm, s)
+    with pytest.raises(ModelUnavailableError, match="local path .*qwen2 does not exist .cielr models tiny):
+        llm.complete([{"role": "user", "content": "x"}], Small)

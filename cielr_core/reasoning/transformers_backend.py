@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -76,6 +77,12 @@ class TransformersLLM:
         if self._loaded is None:
             def loader() -> _Loaded:
                 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+                if self.cfg.model.path and not os.path.exists(self.source):
+                    hint = ("`cielr models tiny` writes it" if self.settings.profile == "tiny"
+                            else "point llm.model.path at a local copy, or unset it to use the hub id")
+                    raise registry.ModelUnavailableError(
+                        f"llm model {self.cfg.model.id!r}: the local path {self.source} does not exist ({hint})")
 
                 kw = registry.hf_kwargs(self.cfg.model.revision)
                 tok = AutoTokenizer.from_pretrained(self.source, **kw)
