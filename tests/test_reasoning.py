@@ -789,5 +789,5 @@ def test_transformers_backend_missing_model_is_clear(tmp_path):
 
     s = load_settings(profile="tiny", overrides={"models_dir": str(tmp_path / "none")})
     llm = make_llm(s.llm, s)
-    with pytest.raises(ModelUnavailableError, match="local path .*qwen2 does not exist .cielr models tiny):
+    with pytest.raises(ModelUnavailableError, match=r"local path .*qwen2 does not exist \(`cielr models tiny`"):
         llm.complete([{"role": "user", "content": "x"}], Small)
