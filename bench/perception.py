@@ -302,7 +302,7 @@ def main() -> None:
         "mask, SAM2 points_per_batch 2. Its per-query passes keep every query's boxes (no best label per "
         "box), so its assemble step also matches masks against many more boxes." if base
         else "Baseline: not run (--no-baseline).",
-        f"Process peak RSS at the end: {peak_process / mib:.0f} MiB (ours then baseline, one process).",
+        f"Process peak RSS at the end: {peak_process / mib:.0f} MiB (ours and baseline in one process).",
         "",
         *rows,
         "",
