@@ -89,7 +89,7 @@ class Recorder:
             self.gpu[name] = max(self.gpu.get(name, 0), torch.cuda.max_memory_allocated())
 
 
-def load_photos(n: int) -> list[tuple[str, "object"]]:
+def load_photos(n: int) -> list[tuple[str, object]]:
     from cielr_core.images import decode_image_file
 
     ids = sorted((p.name for p in CIEBENCH.iterdir() if p.is_dir() and p.name.isdigit()), key=int)[:n]
@@ -128,7 +128,12 @@ def run_baseline(settings, photos, rec: Recorder) -> None:
     import torch
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
     from sam2.build_sam import build_sam2
-    from transformers import AutoImageProcessor, AutoModelForDepthEstimation, Owlv2ForObjectDetection, Owlv2Processor
+    from transformers import (
+        AutoImageProcessor,
+        AutoModelForDepthEstimation,
+        Owlv2ForObjectDetection,
+        Owlv2Processor,
+    )
 
     from cielr_core.images import image_digest
     from cielr_core.masks import median_in_mask

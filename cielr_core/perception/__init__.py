@@ -6,7 +6,13 @@ matching, same-label merging, depth medians, ids), ``overlay`` (picture for huma
 (models through the registry), ``perceiver`` (the stage object the tasks call). No prefect here.
 """
 
-from cielr_core.perception.build import assemble, carry_ids, match_labels, merge_groups, normalised_median_depth
+from cielr_core.perception.build import (
+    assemble,
+    carry_ids,
+    match_labels,
+    merge_groups,
+    normalised_median_depth,
+)
 from cielr_core.perception.overlay import render_overlay
 from cielr_core.perception.perceiver import Perceiver
 from cielr_core.perception.results import Detections, SegmentResult

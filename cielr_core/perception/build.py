@@ -20,7 +20,8 @@ Rules (exact, tested on synthetic masks):
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -7,7 +7,8 @@ per-image normalisation to [0, 1] happen in :mod:`cielr_core.perception.build`.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -52,7 +52,7 @@ def _sam2_checkpoint(source: str, revision: str | None, models_dir: str | None) 
         from huggingface_hub import hf_hub_download
 
         return hf_hub_download(repo_id=source, filename=filename, **hf_kwargs(revision))
-    except Exception as e:  # noqa: BLE001 - any hub/cache failure means: not available
+    except Exception as e:
         raise ModelUnavailableError(unavailable_message("sam2", source, revision, e)) from e
 
 

@@ -8,13 +8,16 @@ or images there are. The orchestration layer calls the stages separately (each a
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from cielr_core.config import Settings, settings_from_dict
 from cielr_core.models import resolve_device, resolve_dtype
-from cielr_core.perception import build, depth as depth_mod, label, loading, segment as seg_mod
+from cielr_core.perception import build, label, loading
+from cielr_core.perception import depth as depth_mod
+from cielr_core.perception import segment as seg_mod
 from cielr_core.perception.results import Detections, SegmentResult
 from cielr_core.perception.versions import (
     ASSEMBLE_CODE_VERSION,

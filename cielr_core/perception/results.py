@@ -30,7 +30,7 @@ class SegmentResult:
             raise ValueError(f"{self.masks.shape[0]} masks but {self.scores.shape[0]} scores")
 
     @classmethod
-    def empty(cls, height: int, width: int) -> "SegmentResult":
+    def empty(cls, height: int, width: int) -> SegmentResult:
         return cls(np.zeros((0, height, width), dtype=bool), np.zeros((0,), dtype=np.float32))
 
     @property
@@ -53,7 +53,7 @@ class SegmentResult:
         return buf.getvalue()
 
     @classmethod
-    def from_npz_bytes(cls, data: bytes) -> "SegmentResult":
+    def from_npz_bytes(cls, data: bytes) -> SegmentResult:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             n, h, w = (int(v) for v in z["shape"])
             bits = np.unpackbits(z["packed"], axis=1, count=h * w) if n else np.zeros((0, h * w), np.uint8)
@@ -79,7 +79,7 @@ class Detections:
             )
 
     @classmethod
-    def empty(cls) -> "Detections":
+    def empty(cls) -> Detections:
         return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), [])
 
     def __len__(self) -> int:
@@ -93,6 +93,6 @@ class Detections:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Detections":
+    def from_json(cls, data: dict[str, Any]) -> Detections:
         return cls(np.asarray(data.get("boxes") or np.zeros((0, 4)), dtype=np.float32), data.get("scores") or [],
                    data.get("labels") or [])
