@@ -341,6 +341,19 @@ def test_generator_settings_come_from_config_with_overrides_on_top(tiny_percepti
         generator_settings(cfg, {"points_per_side": "many"})
 
 
+def test_autocast_only_on_cuda_with_a_half_dtype():
+    import contextlib
+
+    import torch
+
+    from cielr_core.perception.segment import autocast_context
+
+    assert isinstance(autocast_context("cpu", torch.bfloat16), contextlib.nullcontext)
+    assert isinstance(autocast_context("cuda", torch.float32), contextlib.nullcontext)
+    ctx = autocast_context("cuda:0", torch.bfloat16)
+    assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16
+
+
 # --- tiny models end to end ---------------------------------------------------------------------------
 def test_tiny_models_end_to_end_on_a_ciebench_photo(tiny_perception_settings, photo, photo_scene):
     h, w = photo.shape[:2]
