@@ -152,6 +152,9 @@ class ReasoningConfig(Section):
     max_iterations: int = Field(default=3, description="bound on assess/update rounds per sub-task")
     max_invalid_retries: int = Field(default=2, description="re-asks after an answer fails validation")
     max_subtasks: int = 4
+    max_text_chars: int = Field(
+        default=400, ge=8,
+        description="bound on every free-text field of an LLM answer (reasons, sub-tasks, prompts)")
     prompt_version: str = "1"
     allow_sandbox: bool = True
     sandbox: SandboxConfig = SandboxConfig()
@@ -328,6 +331,8 @@ def _tiny_profile() -> dict[str, Any]:
             "dtype": "float32",
         },
         "llm": {"model": {"id": "tiny/qwen2", "path": f"{md}/qwen2"}, "max_new_tokens": 256, "device": "cpu"},
+        # random weights rarely close a string on their own: tight bounds keep every answer short
+        "reasoning": {"max_text_chars": 16, "max_subtasks": 2},
         "editing": {
             "model": {"id": "tiny/sd-inpaint", "path": f"{md}/sd-inpaint"},
             "steps": 2,

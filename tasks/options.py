@@ -53,6 +53,16 @@ def retry_only_transient(task: Task, task_run: Any, state: Any) -> bool:
     return is_transient(exc)
 
 
+def short_key(key: str) -> str:
+    """Cache keys are file names in the result storage: keep them well under file-name limits
+    (255 bytes) as ``<stage>-<sha256 of the full key>``; short keys stay as they are."""
+    if len(key) <= 100:
+        return key
+    import hashlib
+
+    return f"{key.split('-', 1)[0]}-{hashlib.sha256(key.encode()).hexdigest()}"
+
+
 def bind(
     task: Task,
     settings: Settings,
@@ -73,7 +83,7 @@ def bind(
     )
     if cache_key is not None:
         opts.update(
-            cache_key_fn=lambda ctx, params: cache_key(params),
+            cache_key_fn=lambda ctx, params: short_key(cache_key(params)),
             persist_result=True,
             result_storage=runtime.result_storage(settings),
             result_serializer="json",

@@ -32,6 +32,8 @@ from cielr_core.reasoning.sandbox import SandboxError, SandboxRefused, check_cod
 from cielr_core.reasoning.schemas import (
     Assessment,
     SpatialCode,
+    assessment_schema,
+    spatial_code_schema,
     answer_fields,
     decomposition_schema,
     reason_schema,
@@ -107,7 +109,7 @@ class Reasoner:
                 raise ValueError("subtasks: give at least one non-empty sub-task")
             return subs
 
-        return self._ask("decompose", msgs, decomposition_schema(self.cfg.max_subtasks), convert=convert)
+        return self._ask("decompose", msgs, decomposition_schema(self.cfg.max_subtasks, self.cfg.max_text_chars), convert=convert)
 
     # -- one sub-task -------------------------------------------------------------------------
     def plan_step(self, subtask: str, instruction: str, rgb: Optional[np.ndarray], scene: Scene) -> tuple[EditStep, Scene]:
@@ -124,7 +126,7 @@ class Reasoner:
         def convert(a: Any) -> EditStep:
             return _to_step(a, subtask, digest)
 
-        step = self._ask("reason", msgs, reason_schema(ssr.ids, ssr.width, ssr.height), convert=convert,
+        step = self._ask("reason", msgs, reason_schema(ssr.ids, ssr.width, ssr.height, self.cfg.max_text_chars), convert=convert,
                          subtask=subtask)
         return step, scene
 
@@ -146,7 +148,7 @@ class Reasoner:
                 "assess", instruction=instruction, subtask=subtask, version=ssr.version, ssr=ssr.llm_view(),
                 history="\n".join(f"- {h}" for h in history) or "- none yet",
             )
-            a: Assessment = self._ask("assess", msgs, Assessment, subtask=subtask)
+            a: Assessment = self._ask("assess", msgs, assessment_schema(self.cfg.max_text_chars), subtask=subtask)
             if a.need == "none":
                 self.trace.note("sufficient", subtask=subtask, iteration=it)
                 return scene
@@ -205,7 +207,8 @@ class Reasoner:
                 raise ValueError(f"the code was refused by the sandbox: {e.reason}") from None
             return a.code
 
-        code = self._ask("spatial_code", msgs, SpatialCode, convert=convert, subtask=subtask)
+        code = self._ask("spatial_code", msgs, spatial_code_schema(self.cfg.max_text_chars), convert=convert,
+                         subtask=subtask)
         try:
             res = run_code(code, scene, self.cfg.sandbox)
         except SandboxError as e:

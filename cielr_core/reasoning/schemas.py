@@ -9,6 +9,7 @@ Strings are bounded; numbers are bounded so that constrained decoding always ter
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, RootModel, Tag, create_model
@@ -21,6 +22,14 @@ CodeLine = Annotated[str, Field(max_length=160)]
 
 class _Answer(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+DEFAULT_TEXT_CHARS = 400
+
+
+def _bounded(n: int, default: int, min_length: int = 0) -> Any:
+    """A string bounded by ``min(default, n)`` characters (``reasoning.max_text_chars``)."""
+    return Annotated[str, Field(min_length=min_length, max_length=max(min_length + 1, min(default, n)))]
 
 
 class Decomposition(_Answer):
@@ -49,20 +58,49 @@ class SpatialCode(_Answer):
         return "\n".join(self.code_lines)
 
 
+@lru_cache(maxsize=32)
+def assessment_schema(text_chars: int = DEFAULT_TEXT_CHARS) -> type[BaseModel]:
+    """:class:`Assessment` with its free text bounded by ``text_chars`` (the tiny profile bounds
+    strings tightly so that a random-weight model's constrained output always terminates)."""
+    if text_chars >= DEFAULT_TEXT_CHARS:
+        return Assessment
+    f = Assessment.model_fields
+    return create_model(
+        "Assessment", __base__=_Answer,
+        need=(f["need"].annotation, Field(description=f["need"].description)),
+        reason=(_bounded(text_chars, 400), ...),
+        queries=(list[_bounded(text_chars, 40, 1)], Field(default_factory=list, max_length=8,
+                                                           description=f["queries"].description)),
+        segmentation=(f["segmentation"].annotation, Field(default="keep", description=f["segmentation"].description)),
+    )
+
+
+@lru_cache(maxsize=32)
+def spatial_code_schema(text_chars: int = DEFAULT_TEXT_CHARS) -> type[BaseModel]:
+    if text_chars >= DEFAULT_TEXT_CHARS:
+        return SpatialCode
+    return create_model(
+        "SpatialCode", __base__=SpatialCode,
+        reason=(_bounded(text_chars, 400), ...),
+        code_lines=(list[_bounded(text_chars, 160)], Field(min_length=1, max_length=max(1, min(60, text_chars // 4)),
+                                                         description=SpatialCode.model_fields["code_lines"].description)),
+    )
+
+
 RELATIONS = ("on", "near", "left_of", "right_of", "above", "below", "box")
 OPERATIONS = ("remove", "replace", "add", "recolor")
 
 
-def decomposition_schema(max_subtasks: int) -> type[BaseModel]:
+def decomposition_schema(max_subtasks: int, text_chars: int = DEFAULT_TEXT_CHARS) -> type[BaseModel]:
     return create_model(
         "Decomposition",
         __base__=_Answer,
-        subtasks=(list[SubTask], Field(min_length=1, max_length=max(1, max_subtasks),
+        subtasks=(list[_bounded(text_chars, 300, 1)], Field(min_length=1, max_length=max(1, max_subtasks),
                                     description="ordered, self-contained edit sub-tasks")),
     )
 
 
-def reason_schema(ids: list[int], width: int, height: int) -> type[BaseModel]:
+def reason_schema(ids: list[int], width: int, height: int, text_chars: int = DEFAULT_TEXT_CHARS) -> type[BaseModel]:
     """The final answer for one sub-task, with ids restricted to ``ids``.
 
     One of several object shapes (a JSON-schema ``anyOf``), so that every answer the grammar lets a
@@ -74,7 +112,8 @@ def reason_schema(ids: list[int], width: int, height: int) -> type[BaseModel]:
     side = max(width, height)
     Coord = Annotated[int, Field(ge=0, le=side)]
     Fraction = Annotated[float, Field(ge=0.05, le=1.0)]
-    Prompt = Annotated[str, Field(min_length=1, max_length=400)]
+    Prompt = _bounded(text_chars, 400, 1)
+    Text = _bounded(text_chars, 400)  # noqa: N806 - shadows the module-level bound inside this schema
 
     class NoTarget(_Answer):
         status: Literal["no_target"]
