@@ -91,7 +91,7 @@ def test_eval_writes_metrics_and_a_report(prefect_harness, tiny_models_dir, cieb
     st = ArtifactStore(str(store))
     prefix = st.key_for(uri)
     rows = pq.read_table(io.BytesIO(st.get_bytes(f"{prefix}/metrics.parquet"))).to_pylist()
-    assert [r["image_id"] for r in rows] == ["1", "2"]
+    assert [r["image_id"] for r in rows] == ["0", "1"]
     for r in rows:
         if r["status"] == "ok":
             assert r["psnr"] is not None and r["ssim"] is not None and r["target_iou"] is not None

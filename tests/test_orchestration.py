@@ -179,13 +179,16 @@ def test_transient_store_failure_is_retried_and_bad_image_is_not(prefect_harness
 
     _, _, inputs = bench3
     calls: dict[str, int] = {"depth": 0, "load": 0}
+    depth_keys: list[str] = []
     real_put_array = ArtifactStore.put_array
 
     def flaky_put_array(self, key, *a, **kw):
         if key.startswith("depth/"):
             calls["depth"] += 1
+            depth_keys.append(key)
             if calls["depth"] == 1:
-                raise StoreError(f"{self.url}: simulated outage while writing {key}")
+                # what the store raises when its backend drops the connection (see ArtifactStore._error)
+                raise StoreError(f"{self.url}: simulated outage while writing {key}", transient=True)
         return real_put_array(self, key, *a, **kw)
 
     monkeypatch.setattr(ArtifactStore, "put_array", flaky_put_array)
@@ -193,7 +196,8 @@ def test_transient_store_failure_is_retried_and_bad_image_is_not(prefect_harness
     row = edit_image(image_uri=inputs[0]["image_uri"], instruction=inputs[0]["instruction"], profile="tiny",
                      config=_config(tiny_models_dir), store=str(tmp_path / "store"))
     assert row["status"] in ("ok", "no_target"), row["error"]
-    assert calls["depth"] == 2, "the depth task failed once (transient) and succeeded on its retry"
+    # the first depth write failed (transient) and the task's retry wrote the same key
+    assert depth_keys[:2] == [depth_keys[0]] * 2, depth_keys
 
     # bad input is not retried: a corrupt file fails once, with a message naming it
     import tasks.images as ti
@@ -240,7 +244,8 @@ def test_bad_rows_are_reported_and_the_rest_completes(prefect_harness, tiny_mode
         by_id.setdefault(r["image_id"], []).append(r)
     assert len(sum(by_id.values(), [])) == len(rows), "every row ends in results.parquet"
     statuses = sorted(r["status"] for r in by_id["good"])
-    assert statuses[0] in ("ok", "no_target") and statuses[1] == "invalid"
+    assert len(statuses) == 2 and "invalid" in statuses
+    assert {"ok", "no_target"} & set(statuses), statuses
     assert "duplicate image_id" in [r for r in by_id["good"] if r["status"] == "invalid"][0]["error"]
     assert by_id["truncated"][0]["status"] == "failed" and by_id["truncated"][0]["failed_stage"] == "load"
     assert "truncated.png" in by_id["truncated"][0]["error"]
