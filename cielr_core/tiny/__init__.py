@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 # family name -> module (relative to this package) that defines ``make(out_dir: Path, seed: int)``
 FAMILIES: dict[str, str] = {

@@ -16,35 +16,14 @@ No safety checker (``requires_safety_checker=False``). Random weights: outputs a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-VOCAB_EXTRA = ["<|startoftext|>", "<|endoftext|>"]
-
-
-def _bytes_to_unicode() -> list[str]:
-    """CLIP's byte -> printable unicode table (the order the real tokenizer uses)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
+from cielr_core.tiny.clip_vocab import write_clip_vocab
 
 
 def write_tokenizer(out_dir: Path) -> int:
     """Write a character-level CLIP tokenizer (vocab.json + merges.txt); returns the vocab size."""
-    chars = _bytes_to_unicode()
-    tokens = chars + [c + "</w>" for c in chars] + VOCAB_EXTRA
-    vocab = {t: i for i, t in enumerate(tokens)}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (out_dir / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    return len(vocab)
-
+    return len(write_clip_vocab(out_dir))
 
 def make(out_dir: Path, seed: int) -> None:
     import torch

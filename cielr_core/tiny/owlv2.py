@@ -8,27 +8,15 @@ model sees a 6 x 6 patch grid: 36 candidate boxes per image.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
+from cielr_core.tiny.clip_vocab import write_clip_vocab
+
 IMAGE_SIZE = 96
 PATCH_SIZE = 16
 MAX_TEXT_LEN = 16
-
-
-def _byte_symbols() -> list[str]:
-    # GPT-2 / CLIP byte-to-unicode table (printable stand-ins for all 256 bytes)
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
 
 
 def make(out_dir: Path, seed: int) -> None:
@@ -42,13 +30,9 @@ def make(out_dir: Path, seed: int) -> None:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    symbols = _byte_symbols()
-    # "!" first so that id 0 is a real symbol, as in CLIP; the model treats a query whose first
-    # token id is 0 as padding, and every query starts with <|startoftext|> anyway.
-    vocab_list = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {tok: i for i, tok in enumerate(vocab_list)}
-    (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (out_dir / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    # "!" is id 0, a real symbol, as in CLIP; the model treats a query whose first token id is 0
+    # as padding, and every query starts with <|startoftext|> anyway.
+    vocab = write_clip_vocab(out_dir)
     tokenizer = CLIPTokenizer(
         str(out_dir / "vocab.json"), str(out_dir / "merges.txt"), model_max_length=MAX_TEXT_LEN, pad_token="!"
     )
