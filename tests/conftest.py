@@ -7,7 +7,6 @@ Everything is local: Prefect's ephemeral API in a temp PREFECT_HOME, moto's real
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import uuid
 from pathlib import Path

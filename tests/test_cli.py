@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -101,3 +98,28 @@ def test_eval_writes_metrics_and_a_report(prefect_harness, tiny_models_dir, cieb
     md = st.get_bytes(f"{prefix}/report.md").decode()
     assert "<html" in html.lower() and "data:image/png;base64" in html
     assert "psnr" in md.lower()
+
+
+@pytest.mark.slow
+def test_plan_perceives_an_image_and_writes_plan_and_trace_to_the_store(tiny_models_dir, ciebench_dir, tmp_path,
+                                                                       monkeypatch):
+    import json
+
+    monkeypatch.setenv("CIELR_MODELS_DIR", str(tiny_models_dir))
+    store = tmp_path / "store"
+    result = runner.invoke(app, ["plan", str(ciebench_dir / "1" / "1.png"), "remove the object that tells the time",
+                                 "--profile", "tiny", "--config", _store_config(tmp_path, store)])
+    assert result.exit_code == 0, result.output
+    printed = result.stdout[result.stdout.index("{"):]
+    plan = json.loads(printed)
+    assert plan["instruction"] == "remove the object that tells the time"
+    written = list(store.glob("plan/*/*/plan.json"))
+    assert len(written) == 1 and json.loads(written[0].read_text()) == plan
+    trace = json.loads((written[0].parent / "trace.json").read_text())
+    assert trace, "the trace of the LLM calls is written beside the plan"
+
+
+def _store_config(tmp_path: Path, store: Path) -> str:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"store:\n  url: {store}\n")
+    return str(cfg)

@@ -113,7 +113,7 @@ def reason_schema(ids: list[int], width: int, height: int, text_chars: int = DEF
     Coord = Annotated[int, Field(ge=0, le=side)]
     Fraction = Annotated[float, Field(ge=0.05, le=1.0)]
     Prompt = _bounded(text_chars, 400, 1)
-    Text = _bounded(text_chars, 400)  # noqa: N806 - shadows the module-level bound inside this schema
+    Text = _bounded(text_chars, 400)  # noqa: F841 - the annotations below resolve it from this frame
 
     class NoTarget(_Answer):
         status: Literal["no_target"]
