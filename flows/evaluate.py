@@ -21,7 +21,6 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
-from cielr_core.config import settings_to_dict
 from flows.edit_dataset import edit_dataset
 from flows.edit_image import resolve_settings
 from storage import sha256_json
@@ -95,7 +94,7 @@ def evaluate(
         results_uri = edit_dataset(manifest_uri=manifest_uri, store=store, profile=profile, config=cfg)
     results = {r["image_id"]: r for r in pq.read_table(io.BytesIO(st.get_bytes(st.key_for(results_uri)))).to_pylist()}
 
-    sd = settings_to_dict(settings)
+    sd = runtime.settings_ref(settings)
     task = bind(evaluate_sample, settings, cache_key=evaluate_cache_key, gpu=True)
     metric_rows: list[dict[str, Any]] = []
     thumbs: dict[str, dict[str, bytes]] = {}

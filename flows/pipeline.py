@@ -20,7 +20,7 @@ from typing import Any
 
 from prefect import task
 
-from cielr_core.config import Settings, settings_to_dict
+from cielr_core.config import Settings
 from cielr_core.masks import union
 from cielr_core.plan import EditPlan, EditStep
 from tasks import keys, runtime
@@ -52,7 +52,7 @@ class StageFailed(RuntimeError):
 @task(name="finalize")
 def finalize(
     image: dict, final_image: dict, ssr: dict, instruction: str, steps: list[dict], edits: list[dict | None],
-    decompose_trace: str, settings: dict, seed: int,
+    decompose_trace: str, settings: runtime.SettingsRef, seed: int,
 ) -> dict:
     """Write the image's outputs under one content-addressed prefix."""
     s = runtime.settings(settings)
@@ -150,7 +150,7 @@ def run_image(
     stages: Stages, settings: Settings, *, image_id: str, image_uri: str, instruction: str, seed: int | None = None
 ) -> dict[str, Any]:
     """Process one image; always returns a result row (status ok / no_target / failed)."""
-    sd = settings_to_dict(settings)
+    sd = runtime.settings_ref(settings)
     seed = settings.editing.seed if seed is None else int(seed)
     run = _Runner()
     row: dict[str, Any] = {"image_id": image_id, "image_uri": image_uri, "instruction": instruction, "seed": seed}

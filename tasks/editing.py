@@ -15,7 +15,7 @@ from tasks.perception import read_scene
 
 
 @task(name="inpaint-step")
-def inpaint_step(image: dict[str, Any], step: dict[str, Any], settings: dict[str, Any], seed: int) -> dict:
+def inpaint_step(image: dict[str, Any], step: dict[str, Any], settings: runtime.SettingsRef, seed: int) -> dict:
     s = runtime.settings(settings)
     st = runtime.store(s)
     scene = read_scene(step["ssr"], settings)

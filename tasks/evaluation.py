@@ -38,7 +38,7 @@ def eval_digest(s) -> str:
 
 
 @task(name="evaluate-sample")
-def evaluate_sample(sample: dict[str, Any], result: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+def evaluate_sample(sample: dict[str, Any], result: dict[str, Any], settings: runtime.SettingsRef) -> dict[str, Any]:
     """Metrics of one sample (``sample``: benchmark row with mask_uri / reference_text; ``result``:
     its results.parquet row). Returns a JSON-able metric row (``inf`` as the string "inf")."""
     from cielr_core.benchmarks import load_gt_mask

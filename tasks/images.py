@@ -61,7 +61,7 @@ def get_rgb(image: dict[str, Any], s: Settings):
 
 
 @task(name="load-image")
-def load_image(image_uri: str, settings: dict[str, Any]) -> dict[str, Any]:
+def load_image(image_uri: str, settings: runtime.SettingsRef) -> dict[str, Any]:
     """Decode (orientation applied, colour normalised, size-limited) and store; returns the image ref."""
     s = runtime.settings(settings)
     data = read_uri(image_uri, s)

@@ -14,7 +14,7 @@ from tasks.images import get_rgb
 
 
 @task(name="segment")
-def segment(image: dict[str, Any], settings: dict[str, Any], sam2_overrides: dict[str, Any] | None = None) -> dict:
+def segment(image: dict[str, Any], settings: runtime.SettingsRef, sam2_overrides: dict[str, Any] | None = None) -> dict:
     s = runtime.settings(settings)
     key = f"seg/{image['sha']}/{keys.segment_digest(s, sam2_overrides)}/masks.npz"
     result = runtime.perceiver(s).segment(get_rgb(image, s), sam2_overrides=sam2_overrides)
@@ -28,7 +28,7 @@ def segment_cache_key(p: dict[str, Any]) -> str:
 
 
 @task(name="detect")
-def detect(image: dict[str, Any], settings: dict[str, Any], extra_queries: list[str] | None = None) -> dict:
+def detect(image: dict[str, Any], settings: runtime.SettingsRef, extra_queries: list[str] | None = None) -> dict:
     s = runtime.settings(settings)
     key = f"det/{image['sha']}/{keys.detect_digest(s, extra_queries)}/detections.json"
     det = runtime.perceiver(s).detect(get_rgb(image, s), extra_queries=list(extra_queries or []))
@@ -42,7 +42,7 @@ def detect_cache_key(p: dict[str, Any]) -> str:
 
 
 @task(name="depth")
-def depth(image: dict[str, Any], settings: dict[str, Any]) -> dict:
+def depth(image: dict[str, Any], settings: runtime.SettingsRef) -> dict:
     s = runtime.settings(settings)
     key = f"depth/{image['sha']}/{keys.depth_digest(s)}/depth.npy"
     d = runtime.perceiver(s).depth(get_rgb(image, s))
@@ -56,7 +56,7 @@ def depth_cache_key(p: dict[str, Any]) -> str:
 
 
 @task(name="merge-ssr")
-def merge_ssr(image: dict[str, Any], seg: dict, det: dict, dep: dict, settings: dict[str, Any]) -> dict:
+def merge_ssr(image: dict[str, Any], seg: dict, det: dict, dep: dict, settings: runtime.SettingsRef) -> dict:
     """Match labels to masks, merge same-label neighbours, attach depth: SSR version 0."""
     s = runtime.settings(settings)
     st = runtime.store(s)
@@ -82,6 +82,6 @@ def merge_cache_key(p: dict[str, Any]) -> str:
     return f"ssr-{p['image']['sha']}-{keys.perception_digest(s)}"
 
 
-def read_scene(ssr: dict[str, Any], settings: dict[str, Any]) -> Scene:
+def read_scene(ssr: dict[str, Any], settings: runtime.SettingsRef) -> Scene:
     s = runtime.settings(settings)
     return load_scene(runtime.store(s), ssr["prefix"])

@@ -23,7 +23,7 @@ def _reasoner(s):
 
 
 @task(name="decompose")
-def decompose(ssr: dict[str, Any], instruction: str, settings: dict[str, Any]) -> dict:
+def decompose(ssr: dict[str, Any], instruction: str, settings: runtime.SettingsRef) -> dict:
     s = runtime.settings(settings)
     st = runtime.store(s)
     scene = read_scene(ssr, settings)
@@ -42,7 +42,7 @@ def decompose_cache_key(p: dict[str, Any]) -> str:
 
 @task(name="reason-step")
 def reason_step(
-    image: dict[str, Any], ssr: dict[str, Any], subtask: str, instruction: str, settings: dict[str, Any]
+    image: dict[str, Any], ssr: dict[str, Any], subtask: str, instruction: str, settings: runtime.SettingsRef
 ) -> dict:
     """Assess / update / reason for one sub-task; returns the EditStep and the SSR version it refers to."""
     s = runtime.settings(settings)

@@ -1,6 +1,7 @@
 """Per-process state behind the tasks: settings, stores and stage objects, built once and reused.
 
-Tasks receive settings as a plain dict (no secrets; see ``cielr_core.config.settings_to_dict``)
+Tasks receive settings as a reference: the canonical JSON string of the settings dict (no secrets;
+see ``cielr_core.config.settings_to_dict`` and :func:`settings_ref`), or that dict itself
 and look the heavy objects up here, so models stay resident in the worker process between tasks
 (the model registry in ``cielr_core.models`` does the actual once-per-process loading).
 """
@@ -11,7 +12,7 @@ import os
 import threading
 from typing import Any
 
-from cielr_core.config import Settings, settings_from_dict
+from cielr_core.config import Settings, settings_from_dict, settings_to_dict
 from storage import ArtifactStore, sha256_json
 
 _lock = threading.Lock()
@@ -21,13 +22,28 @@ _perceivers: dict[str, Any] = {}
 _llms: dict[str, Any] = {}
 
 
-def settings(data: dict[str, Any] | Settings) -> Settings:
+SettingsRef = str | dict[str, Any]
+
+
+def settings_ref(s: Settings) -> str:
+    """What tasks take as ``settings``: one JSON string. A string keeps Prefect from walking a deep
+    dict for futures on every task call (that walk was a quarter of the per-task overhead)."""
+    import json
+
+    return json.dumps(settings_to_dict(s), sort_keys=True, separators=(",", ":"))
+
+
+def settings(data: SettingsRef | Settings) -> Settings:
     if isinstance(data, Settings):
         return data
     key = sha256_json(data)
     with _lock:
         s = _settings.get(key)
     if s is None:
+        if isinstance(data, str):
+            import json
+
+            data = json.loads(data)
         s = settings_from_dict(data)
         with _lock:
             _settings[key] = s
