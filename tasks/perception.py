@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from prefect import task
+from prefect import get_run_logger, task
 
 from cielr_core.perception import Detections, SegmentResult, render_overlay
 from cielr_core.ssr import Scene, load_scene, save_scene
@@ -17,9 +17,37 @@ from tasks.images import get_rgb
 def segment(image: dict[str, Any], settings: runtime.SettingsRef, sam2_overrides: dict[str, Any] | None = None) -> dict:
     s = runtime.settings(settings)
     key = f"seg/{image['sha']}/{keys.segment_digest(s, sam2_overrides)}/masks.npz"
-    result = runtime.perceiver(s).segment(get_rgb(image, s), sam2_overrides=sam2_overrides)
+    rgb = get_rgb(image, s)
+    try:
+        result = runtime.perceiver(s).segment(rgb, sam2_overrides=sam2_overrides)
+    except Exception as e:  # noqa: BLE001
+        if not is_cuda_oom(e):
+            raise
+        # CUDA out of memory: once more at half the point batch (points_per_batch is not in the
+        # digest: it changes memory, not masks); a second OOM fails the task, and its retry policy
+        # treats OOM as transient.
+        import torch
+
+        torch.cuda.empty_cache()
+        smaller = {**(sam2_overrides or {}), "points_per_batch": max(1, s.perception.sam2.points_per_batch // 2)}
+        _logger().warning("segment: CUDA out of memory; retrying with points_per_batch %d",
+                          smaller["points_per_batch"])
+        result = runtime.perceiver(s).segment(rgb, sam2_overrides=smaller)
     runtime.store(s).put_bytes(key, result.to_npz_bytes())
     return {"key": key, "n_masks": int(result.masks.shape[0])}
+
+
+def _logger():
+    try:
+        return get_run_logger()
+    except Exception:  # noqa: BLE001 - called outside a run (tests, scripts)
+        import logging
+
+        return logging.getLogger(__name__)
+
+
+def is_cuda_oom(exc: BaseException) -> bool:
+    return "OutOfMemoryError" in type(exc).__name__ or "CUDA out of memory" in str(exc)
 
 
 def segment_cache_key(p: dict[str, Any]) -> str:

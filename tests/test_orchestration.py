@@ -289,3 +289,35 @@ def test_killed_run_resumes_without_recomputing_finished_rows(prefect_harness, t
     fully_cached = [r for r in rows if r["cache_hits"] == r["task_runs"]]
     assert len(fully_cached) >= n_done, [r["cached_stages"] for r in rows]
     assert any(r["cache_hits"] < r["task_runs"] for r in rows), "the unfinished rows were computed now"
+
+
+def test_segment_retries_a_cuda_oom_once_at_half_the_point_batch(tiny_settings, monkeypatch):
+    """CUDA cannot run here, so the perceiver is a test double that raises torch's own OOM error once."""
+    import torch
+
+    from cielr_core.perception import SegmentResult
+    from tasks import perception as tp
+    from tasks.images import put_rgb
+
+    calls: list[dict] = []
+
+    class OOMOncePerceiverDouble:
+        def segment(self, rgb, sam2_overrides=None):
+            calls.append(dict(sam2_overrides or {}))
+            if len(calls) == 1:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return SegmentResult(masks=np.ones((1, 4, 4), bool), scores=np.ones(1, np.float32))
+
+    monkeypatch.setattr(runtime, "perceiver", lambda s: OOMOncePerceiverDouble())
+    image = put_rgb(np.zeros((4, 4, 3), np.uint8), tiny_settings)
+    out = tp.segment.fn(image=image, settings=tiny_settings, sam2_overrides=None)
+    assert out["n_masks"] == 1
+    assert calls == [{}, {"points_per_batch": max(1, tiny_settings.perception.sam2.points_per_batch // 2)}]
+
+    class AlwaysBadInputDouble:
+        def segment(self, rgb, sam2_overrides=None):
+            raise ValueError("not an OOM")
+
+    monkeypatch.setattr(runtime, "perceiver", lambda s: AlwaysBadInputDouble())
+    with pytest.raises(ValueError, match="not an OOM"):
+        tp.segment.fn(image=image, settings=tiny_settings, sam2_overrides=None)
