@@ -33,9 +33,10 @@ THUMB = 160
 
 def _manifest_in_store(st, rows: list[dict[str, Any]]) -> str:
     """The benchmark's manifest, content-addressed in the store (so re-runs share one)."""
-    from cielr_core.benchmarks import to_manifest
     import os
     import tempfile
+
+    from cielr_core.benchmarks import to_manifest
 
     with tempfile.TemporaryDirectory() as d:
         path = to_manifest(rows, os.path.join(d, "manifest.parquet"))

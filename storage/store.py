@@ -13,6 +13,7 @@ Errors name the store URL (never credentials) and the cause.
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
 import uuid
@@ -25,8 +26,6 @@ from PIL import Image
 
 from storage.canonical import canonical_json, sha256_bytes
 from storage.keys import KeyError_, validate_key
-
-import json
 
 
 class StoreError(RuntimeError):

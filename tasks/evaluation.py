@@ -42,7 +42,8 @@ def evaluate_sample(sample: dict[str, Any], result: dict[str, Any], settings: ru
     """Metrics of one sample (``sample``: benchmark row with mask_uri / reference_text; ``result``:
     its results.parquet row). Returns a JSON-able metric row (``inf`` as the string "inf")."""
     from cielr_core.benchmarks import load_gt_mask
-    from cielr_core.metrics import evaluate_sample as metrics_of, row_to_jsonable
+    from cielr_core.metrics import evaluate_sample as metrics_of
+    from cielr_core.metrics import row_to_jsonable
 
     s = runtime.settings(settings)
     st = runtime.store(s)

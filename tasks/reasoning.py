@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from cielr_core.ssr import save_scene
 from prefect import task
 
 from cielr_core.reasoning import Reasoner, Trace
+from cielr_core.ssr import save_scene
 from tasks import keys, runtime
 from tasks.images import get_rgb
 from tasks.perception import read_scene

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import tiny_family
 from pydantic import BaseModel, Field
 
 from cielr_core.config import SandboxConfig, load_settings
@@ -39,8 +40,6 @@ from cielr_core.reasoning import sandbox as SB
 from cielr_core.reasoning.llm import grammar_schema
 from cielr_core.reasoning.schemas import reason_schema
 from cielr_core.ssr import SSR, Scene, make_object
-
-from conftest import tiny_family
 
 SECRET = "sk-cielr-test-SECRET-0123456789"
 H, W = 30, 40

@@ -52,8 +52,9 @@ def test_png_and_mask_and_array(store):
     mask = rng.random((31, 9)) > 0.5
     store.put_mask("img/m.png", mask)
     raw = store.get_bytes("img/m.png")
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     assert Image.open(io.BytesIO(raw)).mode == "1"  # 1-bit PNG on disk
     back = store.get_mask("img/m.png")

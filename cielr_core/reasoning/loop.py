@@ -26,17 +26,23 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from cielr_core.plan import EditPlan, EditStep, Placement
-from cielr_core.reasoning.llm import LLM, AnswerParseError, InvalidAnswerError, LLMError, format_validation_error
+from cielr_core.reasoning.llm import (
+    LLM,
+    AnswerParseError,
+    InvalidAnswerError,
+    LLMError,
+    format_validation_error,
+)
 from cielr_core.reasoning.prompting import Prompts
 from cielr_core.reasoning.sandbox import SandboxError, SandboxRefused, check_code, run_code
 from cielr_core.reasoning.schemas import (
     Assessment,
     SpatialCode,
-    assessment_schema,
-    spatial_code_schema,
     answer_fields,
+    assessment_schema,
     decomposition_schema,
     reason_schema,
+    spatial_code_schema,
 )
 from cielr_core.reasoning.spatial import BUILTIN_RELATIONS_VERSION, builtin_relations, with_attributes
 from cielr_core.reasoning.trace import Trace

@@ -31,7 +31,13 @@ def register(app: typer.Typer) -> None:
         CIELR_* placeholders filled in). Then start a worker: `prefect worker start --pool POOL`."""
         import asyncio
 
-        from deployments.helper import POOL_TYPES, DeployOptions, apply_deployments, ensure_gpu_limit, ensure_pool
+        from deployments.helper import (
+            POOL_TYPES,
+            DeployOptions,
+            apply_deployments,
+            ensure_gpu_limit,
+            ensure_pool,
+        )
 
         if pool_type not in POOL_TYPES:
             raise fail(f"--pool-type must be one of {', '.join(POOL_TYPES)}", 2)
