@@ -49,9 +49,11 @@ def register(app: typer.Typer) -> None:
         store_prefix = None
         if not out:
             from storage import ArtifactStore, sha256_json
+            from tasks.keys import reasoning_digest, text_sha
 
             st = ArtifactStore.from_config(settings.store)
-            store_prefix = f"plan/{scene.ssr.digest()}/{sha256_json([instruction, settings.llm.digest(), settings.reasoning.digest()])}"
+            # the reasoning digest of the pipeline's own keys: LLM, loop settings, prompt and code versions
+            store_prefix = f"plan/{scene.ssr.digest()}/{sha256_json([text_sha(instruction), reasoning_digest(settings)])}"
         traces = [trace] + ([os.path.join(out, "trace.json")] if out else [])
         if out:
             os.makedirs(out, exist_ok=True)

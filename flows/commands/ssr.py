@@ -27,16 +27,10 @@ def register(app: typer.Typer) -> None:
         Prints the SSR digest (sha256 of the canonical ssr.json) on stdout."""
         from cielr_core.images import BadImageError, decode_image_file, image_digest
         from cielr_core.models import ModelUnavailableError
-        from cielr_core.perception import (
-            ASSEMBLE_CODE_VERSION,
-            DEPTH_CODE_VERSION,
-            LABEL_CODE_VERSION,
-            SEGMENT_CODE_VERSION,
-            Perceiver,
-            render_overlay,
-        )
+        from cielr_core.perception import Perceiver, render_overlay
         from cielr_core.ssr import save_scene
         from storage import ArtifactStore, StoreError
+        from tasks.keys import ssr_prefix
 
         s = settings_or_exit(profile, config_file)
         try:
@@ -53,9 +47,7 @@ def register(app: typer.Typer) -> None:
             store, prefix = ArtifactStore(os.path.abspath(out)), None
         else:
             store = ArtifactStore.from_config(s.store)
-            digest = s.perception.digest(SEGMENT_CODE_VERSION, LABEL_CODE_VERSION, DEPTH_CODE_VERSION,
-                                         ASSEMBLE_CODE_VERSION)  # = tasks.keys.perception_digest
-            prefix = f"ssr/{sha}/{digest}"
+            prefix = ssr_prefix(sha, s)  # where the pipeline's merge-ssr task writes it too
         try:
             if prefix:
                 digest = save_scene(store, prefix, scene)
