@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import uuid
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any, Iterator, Literal
 
 import pyarrow as pa
@@ -71,16 +71,17 @@ def process_chunk(rows: list[dict[str, Any]], settings: dict[str, Any], distribu
         stages = Stages.for_settings(s)
         return [_run_row(stages, s, r) for r in rows]
     gpu = s.orchestration.dask_gpu_per_image
+    annotation = nullcontext()
     if gpu > 0:
         import dask
 
-        with dask.annotate(resources={"GPU": gpu}):
-            futures = [process_image.submit(r, settings) for r in rows]
-    else:
+        annotation = dask.annotate(resources={"GPU": gpu})
+    with annotation:
         futures = [process_image.submit(r, settings) for r in rows]
     out = []
     for r, f in zip(rows, futures):
-        state = f.wait() or f.state
+        f.wait()
+        state = f.state
         if state.is_completed():
             out.append(f.result())
         else:  # the worker died or the task crashed: the row is a failure, the chunk goes on
