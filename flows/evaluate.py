@@ -23,7 +23,7 @@ from prefect.runtime import flow_run
 
 from flows.edit_dataset import edit_dataset
 from flows.edit_image import resolve_settings
-from storage import sha256_json
+from storage import sha256_bytes
 from tasks import runtime
 from tasks.evaluation import evaluate_cache_key, evaluate_sample, from_jsonable
 from tasks.options import bind
@@ -40,8 +40,9 @@ def _manifest_in_store(st, rows: list[dict[str, Any]]) -> str:
 
     with tempfile.TemporaryDirectory() as d:
         path = to_manifest(rows, os.path.join(d, "manifest.parquet"))
-        data = open(path, "rb").read()
-    key = f"eval/manifests/{sha256_json([r['image_id'] for r in rows] + [r['image_uri'] for r in rows] + [r['instruction'] for r in rows])}.parquet"
+        with open(path, "rb") as f:
+            data = f.read()
+    key = f"eval/manifests/{sha256_bytes(data)}.parquet"  # every column counts (seed, mask, reference text)
     if not st.exists(key):
         st.put_bytes(key, data)
     return st.uri_for(key)
