@@ -23,8 +23,8 @@ POOL_TYPES = ("process", "docker", "kubernetes")
 IMAGE_PROJECT_DIR = "/opt/cielr"  # where deployments/Dockerfile puts the project
 DEFAULT_CRON = "0 2 * * *"
 
-# deployment name -> entrypoint file that must exist for it to be applied
-DEPLOYMENTS = {"nightly": "flows/edit_dataset.py", "evaluate": "flows/evaluate.py"}
+# deployment name -> (entrypoint file that must exist for it to be applied, the flow's name)
+DEPLOYMENTS = {"nightly": ("flows/edit_dataset.py", "edit-dataset"), "evaluate": ("flows/evaluate.py", "evaluate")}
 
 
 def template_path(pool_type: str) -> Path:
@@ -92,7 +92,7 @@ class DeployOptions:
             if unknown:
                 raise ValueError(f"unknown deployment(s) {', '.join(unknown)}; known: {', '.join(DEPLOYMENTS)}")
             return list(self.names)
-        return [n for n, entry in DEPLOYMENTS.items() if (PROJECT_DIR / entry).exists()]
+        return [n for n, (entry, _) in DEPLOYMENTS.items() if (PROJECT_DIR / entry).exists()]
 
 
 async def ensure_pool(name: str, pool_type: str) -> str:
@@ -136,5 +136,4 @@ def apply_deployments(opts: DeployOptions, *, prefect_file: Path = PREFECT_FILE)
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr).strip()[-3000:]
         raise RuntimeError(f"prefect deploy failed (exit {proc.returncode}):\n{tail}")
-    flows = {"nightly": "edit-dataset", "evaluate": "evaluate"}
-    return [f"{flows[n]}/{n}" for n in names]
+    return [f"{DEPLOYMENTS[n][1]}/{n}" for n in names]
