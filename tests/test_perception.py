@@ -541,3 +541,96 @@ def test_cli_ssr_refuses_bad_input_clearly(case, perception_models, ciebench_dir
     res = CliRunner().invoke(app, ["ssr", str(bad), "--profile", "tiny", "--out", str(tmp_path / "o2")])
     assert res.exit_code == 2 and "error:" in res.output and str(bad) in res.output
     assert not (tmp_path / "o2" / "ssr.json").exists()
+
+
+# --- constructed scenes (issue 17): hand-made masks, scripted model outputs ------------------------
+class ScriptedModelsPerceiver(Perceiver):
+    """Test double: a real :class:`Perceiver` (matching, merging, ids, carry-over, provenance all
+    real) whose model calls return scripted outputs: ``detect`` answers from ``detections`` (the
+    queries it was asked with are recorded), ``depth`` is a constant map, ``segment`` returns
+    ``masks`` (scores 0.9). No weights are loaded."""
+
+    def __init__(self, settings=None, *, detections=None, masks=None):
+        super().__init__(settings or load_settings(profile="default"))
+        self.scripted = detections if detections is not None else Detections.empty()
+        self.scripted_masks = masks
+        self.detect_queries: list[list[str]] = []
+        self.segment_overrides: list = []
+
+    def detect(self, rgb, extra_queries=()):
+        self.detect_queries.append(self.queries(extra_queries))
+        return self.scripted
+
+    def depth(self, rgb):
+        return np.full(rgb.shape[:2], 0.5, np.float32)
+
+    def segment(self, rgb, sam2_overrides=None):
+        self.segment_overrides.append(sam2_overrides)
+        return SegmentResult(np.stack(self.scripted_masks), [0.9] * len(self.scripted_masks))
+
+
+def disc(shape, cx, cy, r):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+
+
+def test_semantic_update_recomputes_builtin_relations_never_carries_them():
+    """Defect 1: three fruits start 'unknown' with built-in relations computed (label_count 3);
+    a semantic update relabels them orange / lemon / lemon with their masks unchanged. Every
+    built-in relation must describe the new labels (the orange's label_count is 1, not 3)."""
+    from cielr_core.relations import builtin_disagreements, builtin_relations, with_attributes
+
+    shape = (40, 120)
+    fruit = [disc(shape, 20, 20, 8), disc(shape, 60, 20, 7), disc(shape, 100, 20, 6)]
+    scene = _scene({0: fruit[0], 1: fruit[1], 2: fruit[2]}, {0: "unknown", 1: "unknown", 2: "unknown"})
+    scene = with_attributes(scene, builtin_relations(scene), update="spatial-builtin")
+    scene.ssr.objects[0].attributes["area_px_by_code"] = 201  # spatial code: mask-only, may be carried
+    assert scene.ssr.objects[0].attributes["label_count"] == 3 and builtin_disagreements(scene) == []
+    boxes = [M.bbox(m) for m in fruit]
+    p = ScriptedModelsPerceiver(detections=Detections(boxes, [0.9, 0.8, 0.7], ["orange", "lemon", "lemon"]))
+    rgb = np.zeros((*shape, 3), np.uint8)
+    up = p.update_semantic(rgb, scene, ["orange", "lemon"])
+    objs = up.ssr.objects
+    assert [objs[i].label for i in (0, 1, 2)] == ["orange", "lemon", "lemon"]  # ids kept: masks unchanged
+    assert objs[0].attributes["label_count"] == 1
+    assert objs[1].attributes["label_count"] == 2 and objs[2].attributes["label_count"] == 2
+    assert objs[1].attributes["x_rank_in_label"] == 0 and objs[2].attributes["x_rank_in_label"] == 1
+    assert objs[0].attributes["x_rank_in_label"] == 0
+    assert objs[0].attributes["area_px_by_code"] == 201
+    assert builtin_disagreements(up) == []
+    # a scene that never had built-ins gets none from an update (nothing to disagree with)
+    plain = _scene({0: fruit[0], 1: fruit[1]}, {0: "unknown", 1: "unknown"})
+    up2 = p.update_semantic(rgb, plain, ["orange"])
+    assert all("label_count" not in o.attributes for o in up2.ssr.objects.values())
+
+
+def test_new_objects_after_an_update_get_fresh_relations_for_every_object():
+    """Re-segmentation adds an object left of everything: every old object's ranks move, so no
+    carried rank may stay (x_rank, is_leftmost, nearest_object ...)."""
+    from cielr_core.relations import builtin_disagreements, builtin_relations, with_attributes
+
+    shape = (40, 120)
+    a, b = disc(shape, 60, 20, 7), disc(shape, 100, 20, 6)
+    scene = _scene({0: a, 1: b}, {0: "cup", 1: "cup"})
+    scene = with_attributes(scene, builtin_relations(scene), update="spatial-builtin")
+    assert scene.ssr.objects[0].attributes.get("is_leftmost") is True
+    new = disc(shape, 15, 20, 5)
+    p = ScriptedModelsPerceiver(masks=[a, b, new],
+                                detections=Detections([M.bbox(a), M.bbox(b), M.bbox(new)], [0.9] * 3, ["cup"] * 3))
+    up = p.update_semantic(np.zeros((*shape, 3), np.uint8), scene, [], sam2_overrides={"points_per_side": 32})
+    assert sorted(up.ssr.objects) == [0, 1, 2]
+    assert "is_leftmost" not in up.ssr.objects[0].attributes and up.ssr.objects[2].attributes["is_leftmost"]
+    assert up.ssr.objects[0].attributes["x_rank"] == 1 and up.ssr.objects[0].attributes["label_count"] == 3
+    assert builtin_disagreements(up) == []
+
+
+def test_code_attributes_cannot_overwrite_builtin_relations():
+    from cielr_core.relations import builtin_disagreements, builtin_relations, with_attributes
+
+    shape = (20, 40)
+    scene = _scene({0: rect(shape, 0, 0, 5, 5), 1: rect(shape, 20, 0, 30, 10)}, {0: "cup", 1: "cup"})
+    scene = with_attributes(scene, builtin_relations(scene), update="spatial-builtin")
+    out = with_attributes(scene, {0: {"x_rank": 7, "fill": 0.1}}, update="spatial-code")
+    assert out.ssr.objects[0].attributes["x_rank"] == 0 and out.ssr.objects[0].attributes["fill"] == 0.1
+    assert out.ssr.provenance["update"]["detail"]["ignored_builtin_names"] == ["x_rank"]
+    assert builtin_disagreements(out) == []

@@ -27,6 +27,7 @@ import numpy as np
 
 from cielr_core import masks as M
 from cielr_core.perception.results import Detections, SegmentResult
+from cielr_core.relations import has_builtin, refresh_builtin, strip_builtin
 from cielr_core.ssr import SSR, UNKNOWN, Scene, make_object
 
 
@@ -186,8 +187,13 @@ def mask_digest(mask: np.ndarray) -> str:
 
 def carry_ids(old: Scene, new: Scene, *, version: int) -> Scene:
     """Renumber ``new`` so that every object whose mask is identical to an old object's keeps that
-    object's id (and its attributes, which spatial updates derived from the unchanged mask; the
-    label may have been refined). Other objects get fresh ids above every old id."""
+    object's id (and its attributes, which spatial code derived from the unchanged mask; the
+    label may have been refined). Other objects get fresh ids above every old id.
+
+    Built-in relations are never carried: they depend on every object's label, position and size
+    (``label_count``, ``x_rank_in_label``, ``nearest_object``, ...), so they are dropped and, when
+    the old scene had them, recomputed for the new scene (:func:`cielr_core.relations.refresh_builtin`)."""
+
     old_by_mask: dict[str, int] = {}
     for oid in old.ssr.ids:
         old_by_mask.setdefault(mask_digest(old.masks[oid]), oid)
@@ -198,9 +204,9 @@ def carry_ids(old: Scene, new: Scene, *, version: int) -> Scene:
         obj = new.ssr.objects[nid]
         m = new.masks[nid]
         oid = old_by_mask.get(mask_digest(m))
-        attrs = dict(obj.attributes)
+        attrs = strip_builtin(obj.attributes)
         if oid is not None and oid not in used:
-            attrs = {**old.ssr.objects[oid].attributes, **attrs}
+            attrs = {**strip_builtin(old.ssr.objects[oid].attributes), **attrs}
         else:
             oid = next_id
             next_id += 1
@@ -210,4 +216,4 @@ def carry_ids(old: Scene, new: Scene, *, version: int) -> Scene:
         masks[oid] = m
     ssr = new.ssr.model_copy(update={"objects": objects, "version": version})
     ssr = SSR.model_validate(ssr.model_dump())
-    return Scene(ssr=ssr, masks=masks)
+    return refresh_builtin(Scene(ssr=ssr, masks=masks), compute=has_builtin(old.ssr))
