@@ -179,6 +179,17 @@ class EditingConfig(Section):
     crop_margin: float = Field(default=0.5, description="margin around the mask box, as a fraction of its size")
     opencv_method: Literal["telea", "ns"] = "telea"
     opencv_radius: int = 5
+    recolor_mode: Literal["chroma", "generate"] = Field(
+        default="chroma",
+        description="chroma: shift hue/chroma in OKLab keeping lightness structure (needs a colour in the step); "
+        "generate: regenerate the object with the inpainter (the pre-0.2 behaviour)")
+    recolor_lightness: float = Field(
+        default=0.5, ge=0.0, le=1.0,
+        description="how far the object's mean lightness moves towards the target colour's (1 for white/grey/black)")
+    recolor_dilate_px: int = Field(default=0, ge=0, description="dilation of the object's mask for recolor")
+    recolor_refine_strength: float = Field(
+        default=0.0, ge=0.0, le=1.0,
+        description="> 0: after the chroma shift, an img2img pass of the inpainter inside the mask at this strength")
     device: Device = Field(default="auto", json_schema_extra=NO_DIGEST)
     dtype: DType = "auto"
 

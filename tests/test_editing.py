@@ -130,12 +130,25 @@ def test_diffusers_odd_sizes_and_border_masks(tiny_settings_sd, crop_mode):
 def test_seeds_reproducible(tiny_settings_sd):
     rgb = rand_rgb()
     sc = scene_of({1: box(H, W, 30, 60, 30, 70)})
-    st = step("recolor", prompt="make it red")
+    st = step("replace", prompt="a red apple")
     a = execute_step(rgb, st, sc, tiny_settings_sd, seed=7).image
     b = execute_step(rgb, st, sc, tiny_settings_sd, seed=7).image
     c = execute_step(rgb, st, sc, tiny_settings_sd, seed=8).image
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def test_recolor_refined_by_a_low_strength_img2img_pass(tiny_settings_sd):
+    s = tiny_settings_sd.model_copy(deep=True)
+    s.editing.recolor_refine_strength = 0.5
+    rgb = rand_rgb()
+    obj = box(H, W, 30, 60, 30, 70)
+    r = execute_step(rgb, step("recolor", prompt="a green cup"), scene_of({1: obj}), s, seed=1)
+    assert r.backend == "color/oklab+diffusers/tiny/sd-inpaint@0.5" and r.prompt == "a green cup"
+    assert np.array_equal(r.mask, obj)  # the pass is bounded by the object's own mask, undilated
+    assert np.array_equal(r.image[~obj], rgb[~obj])
+    plain = execute_step(rgb, step("recolor", prompt="a green cup"), scene_of({1: obj}), tiny_settings_sd, seed=1)
+    assert plain.backend == "color/oklab" and not np.array_equal(plain.image, r.image)
 
 
 # -- NaN / black output: test doubles standing in for a pipeline ----------------------------------
@@ -431,7 +444,7 @@ def test_plan_chains_steps_and_unions_masks():
     m1, m2 = box(H, W, 10, 20, 10, 30), box(H, W, 60, 80, 90, 120)
     sc = scene_of({1: m1, 2: m2})
     plan = EditPlan(instruction="x", steps=[
-        step("recolor", ids=(1,), prompt="blue"),
+        step("replace", ids=(1,), prompt="a blue cup"),
         EditStep(subtask="nothing here", status="no_target", reason="none found"),
         step("replace", ids=(2,), prompt="a dog"),
     ])

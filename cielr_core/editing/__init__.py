@@ -4,6 +4,7 @@
   classical OpenCV inpainter; :func:`make_inpainter`.
 * :mod:`.prep` -- mask preparation: dilation, crop around the mask, feathered paste.
 * :mod:`.placement` -- where an ``add`` step paints.
+* :mod:`.color` -- ``recolor`` as a chroma shift in OKLab (named colours by a table).
 * :mod:`.execute` -- :func:`step_mask`, :func:`execute_step`, :func:`execute_plan`.
 
 Never imports prefect.
@@ -17,7 +18,7 @@ from .inpainters import DiffusersInpainter, Inpainter, OpenCVInpainter, make_inp
 from .placement import placement_box, placement_mask
 
 # Part of the editing stage's cache digest: bump when outputs for the same inputs/config change.
-EDITING_CODE_VERSION = "1"
+EDITING_CODE_VERSION = "2"
 
 __all__ = [
     "EDITING_CODE_VERSION",
