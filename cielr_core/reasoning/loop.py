@@ -34,7 +34,7 @@ from cielr_core.reasoning.llm import (
     format_validation_error,
 )
 from cielr_core.reasoning.prompting import Prompts
-from cielr_core.reasoning.sandbox import SandboxError, SandboxRefused, check_code, run_code
+from cielr_core.reasoning.sandbox import SandboxError, SandboxRefused, check_code, run_code, sandbox_status
 from cielr_core.reasoning.schemas import (
     Assessment,
     SpatialCode,
@@ -187,6 +187,10 @@ class Reasoner:
                     self.trace.ssr(scene, reason="spatial-builtin", subtask=subtask)
                     history.append("built-in spatial relations added to the attributes (x_rank, y_rank, "
                                    "size_rank, depth_rank, nearest_object, contains, inside, label_count, ...)")
+                elif self.cfg.allow_sandbox and not (status := sandbox_status(self.cfg.sandbox)).ok:
+                    history.append(status.detail)  # fail closed: no OS isolation, no LLM-written code
+                    self.trace.note("sandbox unavailable", subtask=subtask, detail=status.detail)
+                    break
                 elif self.cfg.allow_sandbox:
                     scene, previous_error = self._sandbox_round(subtask, instruction, scene, a.reason,
                                                                 previous_error, history)
@@ -213,15 +217,24 @@ class Reasoner:
                 raise ValueError(f"the code was refused by the sandbox: {e.reason}") from None
             return a.code
 
-        code = self._ask("spatial_code", msgs, spatial_code_schema(self.cfg.max_text_chars), convert=convert,
-                         subtask=subtask)
+        try:
+            code = self._ask("spatial_code", msgs, spatial_code_schema(self.cfg.max_text_chars), convert=convert,
+                             subtask=subtask)
+        except InvalidAnswerError as e:
+            # spatial code only refines the SSR: code that stays refused (or answers that stay invalid)
+            # are recorded and the loop reasons with the SSR it has
+            self.trace.sandbox(code=None, ok=False, error=f"no runnable code: {e}", subtask=subtask, refused=True)
+            history.append(f"spatial code was refused every time ({e})")
+            return scene, str(e)
         try:
             res = run_code(code, scene, self.cfg.sandbox)
         except SandboxError as e:
-            self.trace.sandbox(code=code, ok=False, error=e.reason, subtask=subtask)
+            self.trace.sandbox(code=code, ok=False, error=e.reason, subtask=subtask,
+                               refused=isinstance(e, SandboxRefused))
             history.append(f"spatial code failed: {e.reason}")
             return scene, e.reason
-        self.trace.sandbox(code=code, ok=True, attributes=res.attributes, duration_s=res.duration_s, subtask=subtask)
+        self.trace.sandbox(code=code, ok=True, attributes=res.attributes, duration_s=res.duration_s, subtask=subtask,
+                           isolation=res.isolation)
         scene = with_attributes(scene, res.attributes, update="spatial-code")
         self.trace.ssr(scene, reason="spatial-code", subtask=subtask)
         names = sorted({k for v in res.attributes.values() for k in v})

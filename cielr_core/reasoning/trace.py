@@ -69,10 +69,12 @@ class Trace:
         self._add("ssr", reason=reason, subtask=subtask, version=ssr.version, digest=ssr.digest(),
                   ssr=ssr.llm_view(), detail=detail)
 
-    def sandbox(self, *, code: str, ok: bool, attributes: Any = None, error: str | None = None,
-                duration_s: float | None = None, subtask: str | None = None) -> None:
+    def sandbox(self, *, code: str | None, ok: bool, attributes: Any = None, error: str | None = None,
+                duration_s: float | None = None, subtask: str | None = None, refused: bool = False,
+                isolation: str | None = None) -> None:
         self._add("sandbox", subtask=subtask, code=code, ok=ok, attributes=attributes, error=error,
-                  duration_s=None if duration_s is None else round(duration_s, 4))
+                  duration_s=None if duration_s is None else round(duration_s, 4), refused=refused,
+                  isolation=isolation)
 
     def note(self, what: str, subtask: str | None = None, **data: Any) -> None:
         self._add("note", what=what, subtask=subtask, **data)
