@@ -140,6 +140,13 @@ class LLMConfig(Section):
 
 
 class SandboxConfig(Section):
+    isolation: Literal["os", "python-only", "off"] = Field(
+        default="os",
+        description="os: LLM-written code runs only under bubblewrap namespaces + seccomp + an unprivileged "
+                    "uid, and spatial code is off where those are missing; python-only: accept the Python-level "
+                    "checks alone (weaker; opt in explicitly); off: never run LLM-written code")
+    bwrap_path: str | None = Field(default=None, description="bubblewrap executable (default: found on PATH)",
+                                      json_schema_extra=NO_DIGEST)
     cpu_seconds: int = 5
     memory_mb: int = 1024
     wall_timeout_s: float = 10.0
