@@ -107,6 +107,8 @@ class OWLv2Config(Section):
     score_threshold: float = 0.1
     nms_iou: float = 0.3
     vocabulary: str = Field(default="coco", description="'coco', 'lvis' or a path to a text file, one query a line")
+    label_candidates: int = Field(
+        default=5, ge=1, description="labels kept per detection (its best queries) and per SSR object, with scores")
     max_queries_per_pass: int = Field(default=1024, json_schema_extra=NO_DIGEST)
 
 
@@ -118,8 +120,17 @@ class PerceptionConfig(Section):
     sam2: SAM2Config = SAM2Config()
     owlv2: OWLv2Config = OWLv2Config()
     depth: DepthConfig = DepthConfig()
-    match_min_iou: float = Field(default=0.3, description="minimum mask/box IoU for a mask to take a label")
-    merge_gap_px: int = Field(default=2, description="same-label masks within this many pixels are merged")
+    match_rule: Literal["box", "mask"] = Field(
+        default="box", description="box: the mask's own box against the detection box, the mask covered by it "
+        "(fits thin and non-convex objects); mask: the mask's pixel IoU with the filled box")
+    match_min_iou: float = Field(
+        default=0.3, description="minimum IoU for a mask to take a detection's label (box IoU, or pixel IoU for rule mask)")
+    match_min_coverage: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="rule box: least fraction of the mask inside the detection box")
+    merge_gap_px: int = Field(
+        default=2, description="fragments of one detection within this many pixels of each other are merged")
+    merge_inside_fraction: float = Field(
+        default=0.8, ge=0.0, le=1.0, description="a same-label mask this much inside another is merged into it")
     min_object_area: int = 1
     device: Device = Field(default="auto", json_schema_extra=NO_DIGEST)
     dtype: DType = "auto"

@@ -29,6 +29,15 @@ SCHEMA_VERSION = 1
 UNKNOWN = "unknown"
 
 
+class LabelCandidate(BaseModel):
+    """One alternative label for an object with the detector's score for it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str
+    score: float = Field(ge=0.0, le=1.0)
+
+
 class SSRObject(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -43,6 +52,9 @@ class SSRObject(BaseModel):
         default=None, ge=0.0, le=1.0, description="median normalised depth in the mask; 1 = nearest, 0 = farthest"
     )
     mask_score: float | None = Field(default=None, description="segmenter's predicted IoU for the mask")
+    label_candidates: list[LabelCandidate] = Field(
+        default_factory=list,
+        description="top-k labels of the detections this mask matched, with scores, best first (empty: unknown)")
     attributes: dict[str, Any] = Field(default_factory=dict, description="open map extended by spatial updates")
 
     @field_validator("mask")
@@ -68,7 +80,7 @@ class SSR(BaseModel):
     objects: dict[int, SSRObject] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _ids_match(self) -> "SSR":
+    def _ids_match(self) -> SSR:
         for k, o in self.objects.items():
             if k != o.id:
                 raise ValueError(f"object key {k} does not match its id {o.id}")
@@ -88,7 +100,7 @@ class SSR(BaseModel):
         return sha256_bytes(self.canonical_json())
 
     @classmethod
-    def from_json(cls, data: bytes | str | dict) -> "SSR":
+    def from_json(cls, data: bytes | str | dict) -> SSR:
         if isinstance(data, dict):
             return cls.model_validate(data)
         return cls.model_validate_json(data)
@@ -111,6 +123,8 @@ class SSR(BaseModel):
                     "area": o.area,
                     "centroid": [round(o.centroid[0], 1), round(o.centroid[1], 1)],
                     "depth": None if o.depth is None else round(o.depth, 3),
+                    **({"label_candidates": [[c.label, round(c.score, 3)] for c in o.label_candidates]}
+                       if o.label_candidates else {}),
                     "attributes": o.attributes,
                 }
                 for o in (self.objects[i] for i in self.ids)
@@ -131,6 +145,7 @@ def make_object(
     depth: float | None = None,
     mask_score: float | None = None,
     attributes: dict[str, Any] | None = None,
+    label_candidates: list[tuple[str, float]] | None = None,
 ) -> SSRObject:
     """An SSRObject whose geometry is computed from ``mask`` (which must not be empty)."""
     m = M.as_bool(mask)
@@ -147,6 +162,8 @@ def make_object(
         centroid=M.centroid(m),
         depth=depth,
         mask_score=mask_score,
+        label_candidates=[LabelCandidate(label=lab, score=float(min(1.0, max(0.0, sc))))
+                          for lab, sc in (label_candidates or [])],
         attributes=dict(attributes or {}),
     )
 

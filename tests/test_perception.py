@@ -138,22 +138,70 @@ def test_integral_box_iou_equals_mask_box_iou_exactly():
 
 
 # --- merging -------------------------------------------------------------------------------------
-def test_merge_touching_same_label_but_not_apart_or_other_label():
+def test_merge_fragments_of_one_detection_but_not_apart_or_other_label():
+    # Changed by the fragments-only merge rule: touching same-label masks merge only as fragments
+    # of one instance (matched to the same detection, or one inside the other); the earlier
+    # version of this test merged any touching same-label pair.
     shape = (10, 30)
     a = rect(shape, 0, 0, 5, 5)
     touching = rect(shape, 5, 0, 8, 5)  # shares an edge with a
     apart = rect(shape, 20, 0, 25, 5)  # 15 columns away
-    assert merge_groups([a, touching, apart], ["chair"] * 3, gap=2) == [[0, 1], [2]]
-    assert merge_groups([a, touching], ["chair", "table"], gap=2) == [[0], [1]]
-    assert merge_groups([a, touching], ["unknown", "unknown"], gap=2) == [[0], [1]]
+    assert merge_groups([a, touching, apart], ["chair"] * 3, gap=2, detections=[0, 0, 0]) == [[0, 1], [2]]
+    assert merge_groups([a, touching, apart], ["chair"] * 3, gap=2) == [[0], [1], [2]]  # no shared detection
+    assert merge_groups([a, touching], ["chair", "table"], gap=2, detections=[0, 0]) == [[0], [1]]
+    assert merge_groups([a, touching], ["unknown", "unknown"], gap=2, detections=[None, None]) == [[0], [1]]
     # gap: 2 empty columns between them merge with gap=2, not with gap=1
     near = rect(shape, 7, 0, 9, 5)
-    assert merge_groups([a, near], ["cup", "cup"], gap=2) == [[0, 1]]
-    assert merge_groups([a, near], ["cup", "cup"], gap=1) == [[0], [1]]
+    assert merge_groups([a, near], ["cup", "cup"], gap=2, detections=[3, 3]) == [[0, 1]]
+    assert merge_groups([a, near], ["cup", "cup"], gap=1, detections=[3, 3]) == [[0], [1]]
     # transitive: a-b touch, b-c touch -> one object
     b = rect(shape, 5, 0, 10, 5)
     c = rect(shape, 10, 0, 15, 5)
-    assert merge_groups([a, c, b], ["x"] * 3, gap=0) == [[0, 1, 2]]
+    assert merge_groups([a, c, b], ["x"] * 3, gap=0, detections=[1, 1, 1]) == [[0, 1, 2]]
+
+
+def test_touching_instances_with_their_own_boxes_stay_apart():
+    """Defect 4: a pile of three touching oranges, each detected with its own box, is three
+    oranges (the leftmost one and the count stay answerable), not one fused object."""
+    shape = (30, 70)
+    oranges = [disc(shape, 12, 15, 10), disc(shape, 33, 15, 11), disc(shape, 55, 15, 10)]
+    assert M.adjacent(oranges[0], oranges[1], 0) and M.adjacent(oranges[1], oranges[2], 0)
+    det = Detections([M.bbox(m) for m in oranges], [0.8, 0.9, 0.7], ["orange"] * 3)
+    scene = assemble(SegmentResult(np.stack(oranges), [0.9] * 3), det, None, image_sha256=SHA, width=70, height=30)
+    assert len(scene.ssr.objects) == 3 and all(o.label == "orange" for o in scene.ssr.objects.values())
+    assert all("merged_from" not in o.attributes for o in scene.ssr.objects.values())
+    from cielr_core.relations import builtin_relations
+
+    rel = builtin_relations(scene)
+    assert all(r["label_count"] == 3 for r in rel.values())
+    leftmost = [i for i, r in rel.items() if r["x_rank_in_label"] == 0]
+    assert np.array_equal(scene.masks[leftmost[0]], oranges[0])
+
+
+def test_fragments_of_one_instance_are_merged():
+    """Fragments become one object: the seat and back of a chair split by SAM2 (the back alone
+    matches no box, but it lies in the chair's box, touches the seat and completes the chair's box);
+    and a same-label mask lying inside another (an orange's part mask with its own small box).
+    A cup inside the table's box stays a cup: adding it does not make the table's box fit better."""
+    shape = (40, 100)
+    seat, back = rect(shape, 10, 20, 40, 30), rect(shape, 10, 5, 16, 20)  # touch along y = 20
+    orange = disc(shape, 75, 20, 12)
+    part = disc(shape, 72, 18, 5) & orange
+    det = Detections([[10, 5, 40, 30], [63, 8, 88, 33], M.bbox(part)], [0.7, 0.9, 0.4], ["chair", "orange", "orange"])
+    scene = assemble(SegmentResult(np.stack([seat, back, orange, part]), [0.9, 0.8, 0.95, 0.6]), det, None,
+                     image_sha256=SHA, width=100, height=40)
+    objs = scene.ssr.objects
+    assert sorted(o.label for o in objs.values()) == ["chair", "orange"]
+    chair = next(i for i, o in objs.items() if o.label == "chair")
+    assert np.array_equal(scene.masks[chair], seat | back) and objs[chair].attributes == {"merged_from": 2}
+    fruit = next(i for i, o in objs.items() if o.label == "orange")
+    assert np.array_equal(scene.masks[fruit], orange) and objs[fruit].attributes == {"merged_from": 2}
+    cup = rect(shape, 40, 12, 50, 18)  # seen from above: the cup covers part of the table top
+    table = rect(shape, 5, 10, 95, 35) & ~cup
+    det2 = Detections([[5, 10, 95, 35]], [0.8], ["dining table"])
+    s2 = assemble(SegmentResult(np.stack([table, cup]), [0.9, 0.9]), det2, None, image_sha256=SHA, width=100,
+                  height=40)
+    assert sorted(o.label for o in s2.ssr.objects.values()) == ["dining table", "unknown"]
 
 
 def test_assemble_merges_touching_and_keeps_apart_chairs_separate():
@@ -634,3 +682,102 @@ def test_code_attributes_cannot_overwrite_builtin_relations():
     assert out.ssr.objects[0].attributes["x_rank"] == 0 and out.ssr.objects[0].attributes["fill"] == 0.1
     assert out.ssr.provenance["update"]["detail"]["ignored_builtin_names"] == ["x_rank"]
     assert builtin_disagreements(out) == []
+
+
+def thick_line(shape, p0, p1, width):
+    """Pixels within ``width / 2`` of the segment p0-p1 (x, y): a knife, a bat, a bicycle tube."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    (x0, y0), (x1, y1) = p0, p1
+    d = np.array([x1 - x0, y1 - y0], float)
+    t = np.clip(((xx - x0) * d[0] + (yy - y0) * d[1]) / float(d @ d), 0, 1)
+    return np.hypot(xx - (x0 + t * d[0]), yy - (y0 + t * d[1])) <= width / 2
+
+
+def ring(shape, cx, cy, r, width):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    d = np.hypot(xx - cx, yy - cy)
+    return (d <= r) & (d >= r - width)
+
+
+def test_matching_fits_thin_diagonal_and_non_convex_objects():
+    """A diagonal knife and bat and a wire-frame bicycle fill little of their boxes: the mask/box
+    pixel IoU leaves them unknown below 0.3; the mask's own box against the detection box (with
+    the mask covered by it) labels them."""
+    shape = (120, 200)
+    knife = thick_line(shape, (10, 10), (90, 50), 3)
+    bat = thick_line(shape, (100, 110), (190, 15), 5)
+    wheels = ring(shape, 40, 95, 18, 3) | ring(shape, 100, 95, 18, 3)
+    bicycle = wheels | thick_line(shape, (40, 95), (70, 70), 3) | thick_line(shape, (70, 70), (100, 95), 3)
+    masks = [knife, bat, bicycle]
+    pad = lambda m, k: [b + d for b, d in zip(M.bbox(m), (-k, -k, k, k))]  # a detector's loose box
+    det = Detections([pad(knife, 2), pad(bat, 3), pad(bicycle, 2)], [0.5, 0.6, 0.7], ["knife", "baseball bat", "bicycle"])
+    for m in masks:
+        assert M.mask_box_iou(m, M.bbox(m)) < 0.3  # what the earlier rule saw
+    assert [lab for lab, _, _ in match_labels(masks, det, 0.3, rule="mask")] == ["unknown"] * 3
+    got = match_labels(masks, det, 0.3)
+    assert [lab for lab, _, _ in got] == ["knife", "baseball bat", "bicycle"]
+    assert all(q > 0.8 for _, _, q in got)
+    # a wheel alone is a small part of the bicycle's box: not labelled bicycle
+    wheel = ring(shape, 40, 95, 18, 3)
+    assert match_labels([wheel], det, 0.3)[0][0] == "unknown"
+    # a mask whose box overlaps the detection box but lies mostly outside it is not covered by it
+    outside = rect(shape, 5, 0, 8, 100) | rect(shape, 100, 0, 130, 100)  # a sliver inside, the bulk outside
+    box = Detections([[0, 0, 100, 100]], [0.9], ["knife"])
+    assert M.box_iou(M.bbox(outside), box.boxes[0]) >= 0.7
+    assert match_labels([outside], box, 0.3)[0][0] == "unknown"  # 300 of 3300 pixels inside
+    assert match_labels([outside], box, 0.3, min_coverage=0.05)[0][0] == "knife"
+    # and end to end: the SSR labels the thin objects
+    scene = assemble(SegmentResult(np.stack(masks), [0.9] * 3), det, None, image_sha256=SHA, width=200, height=120)
+    assert sorted(o.label for o in scene.ssr.objects.values()) == ["baseball bat", "bicycle", "knife"]
+
+
+def test_label_candidates_keep_the_top_k_alternatives_with_scores():
+    """Per detection the detector's best queries on that patch are kept; a mask collects those of
+    every detection it matches, best score first, ``label_candidates`` of them; the LLM sees them."""
+    shape = (40, 60)
+    clock = disc(shape, 20, 20, 10)
+    box = M.bbox(clock)
+    det = Detections(
+        [box, [b + 1 for b in box], [40, 0, 60, 20]], [0.5, 0.3, 0.9], ["clock", "alarm clock", "kite"],
+        candidates=[[("clock", 0.5), ("alarm clock", 0.45), ("watch", 0.2), ("plate", 0.1)],
+                    [("alarm clock", 0.3), ("timer", 0.25)],
+                    [("kite", 0.9)]])
+    scene = assemble(SegmentResult(np.stack([clock]), [0.9]), det, None, image_sha256=SHA, width=60, height=40,
+                     label_candidates=3)
+    o = scene.ssr.objects[0]
+    assert o.label == "clock" and o.score == pytest.approx(0.5)
+    assert [(c.label, round(c.score, 3)) for c in o.label_candidates] == [
+        ("clock", 0.5), ("alarm clock", 0.45), ("timer", 0.25)]
+    view = scene.ssr.llm_view()["objects"][0]
+    assert view["label_candidates"] == [["clock", 0.5], ["alarm clock", 0.45], ["timer", 0.25]]
+    back = SSR.from_json(scene.ssr.canonical_json())
+    assert back == scene.ssr
+    # no candidate lists from the detector: the detection's own label and score
+    plain = Detections([box], [0.4], ["clock"])
+    o2 = assemble(SegmentResult(np.stack([clock]), [0.9]), plain, None, image_sha256=SHA, width=60, height=40)
+    assert [(c.label, c.score) for c in o2.ssr.objects[0].label_candidates] == [("clock", pytest.approx(0.4))]
+    unknown = assemble(SegmentResult(np.stack([clock]), [0.9]), Detections.empty(), None, image_sha256=SHA,
+                       width=60, height=40)
+    assert unknown.ssr.objects[0].label_candidates == []
+    assert "label_candidates" not in unknown.ssr.llm_view()["objects"][0]
+    # round trip of detections with candidates
+    assert Detections.from_json(json.loads(json.dumps(det.to_json()))).candidates == det.candidates
+
+
+def test_detect_keeps_the_top_k_queries_of_each_detection(tiny_perception_settings, photo):
+    """Each detection's candidates are its patch's best queries, best first: the first is the
+    detection's own label and score, the others score above the threshold, at most k of them."""
+    s = load_settings(profile="tiny", overrides={"models_dir": tiny_perception_settings.models_dir,
+                                                  "perception": {"owlv2": {"label_candidates": 3}}})
+    p = Perceiver(s)
+    det = p.detect(photo, extra_queries=["alarm clock"])
+    assert len(det) > 0 and det.candidates is not None and len(det.candidates) == len(det)
+    for j, cands in enumerate(det.candidates):
+        assert 1 <= len(cands) <= 3
+        assert cands[0][0] == det.labels[j] and cands[0][1] == pytest.approx(float(det.scores[j]), abs=1e-6)
+        assert [c[1] for c in cands] == sorted((c[1] for c in cands), reverse=True)
+        assert len({c[0] for c in cands}) == len(cands) and all(c[0] in p.queries(["alarm clock"]) for c in cands)
+    assert any(len(c) == 3 for c in det.candidates)  # threshold 0 in the tiny profile: k kept
+    scene = p.assemble(p.segment(photo), det, None, image_sha256=SHA, width=photo.shape[1], height=photo.shape[0])
+    for o in scene.ssr.objects.values():
+        assert (o.label == "unknown") == (o.label_candidates == []) and len(o.label_candidates) <= 3

@@ -11,6 +11,9 @@
   ``max(H, W)``; scaling both axes by it (and clipping to the image) gives image pixels. Scaling
   x by W and y by H (the OWL-ViT v1 way) would be wrong.
 * Score threshold, then per-label NMS (torchvision ``batched_nms``), both from config.
+* Label candidates: besides its best query (the detection's label), each kept detection carries
+  the ``top_k`` best queries on its patch with their scores (those above the threshold), so a
+  refined query that lost to another word on the same patch is not lost.
 """
 
 from __future__ import annotations
@@ -105,9 +108,10 @@ def detect(
     nms_iou: float,
     max_queries_per_pass: int = 1024,
     cache_key: str | None = None,
+    top_k: int = 1,
 ) -> Detections:
     return detect_batch(model, processor, [rgb], queries, score_threshold=score_threshold, nms_iou=nms_iou,
-                        max_queries_per_pass=max_queries_per_pass, cache_key=cache_key)[0]
+                        max_queries_per_pass=max_queries_per_pass, cache_key=cache_key, top_k=top_k)[0]
 
 
 def detect_batch(
@@ -120,6 +124,7 @@ def detect_batch(
     nms_iou: float,
     max_queries_per_pass: int = 1024,
     cache_key: str | None = None,
+    top_k: int = 1,
 ) -> list[Detections]:
     """One vision pass over a batch of images (the processor pads each to a square and resizes to
     the model's input size, so any mix of sizes stacks), every query scored in the same pass."""
@@ -145,6 +150,7 @@ def detect_batch(
             dim=-1,
         )  # (B, P, Q)
     best = logits.float().max(dim=-1)
+    top = logits.float().topk(max(1, min(int(top_k), logits.shape[-1])), dim=-1)
     out = []
     for k, rgb in enumerate(rgbs):
         h, w = rgb.shape[:2]
@@ -156,5 +162,12 @@ def detect_batch(
         sel = sel[(boxes[sel, 2] > boxes[sel, 0]) & (boxes[sel, 3] > boxes[sel, 1])]
         keep = sel[per_label_nms(boxes[sel], scores[sel], label_idx[sel], nms_iou)]
         keep = keep[np.argsort(-scores[keep], kind="stable")]
-        out.append(Detections(boxes[keep], scores[keep], [queries[i] for i in label_idx[keep]]))
+        top_scores = torch.sigmoid(top.values[k]).cpu().numpy()
+        top_idx = top.indices[k].cpu().numpy()
+        candidates = [
+            [(queries[int(q)], float(v)) for r, (q, v) in enumerate(zip(top_idx[p], top_scores[p]))
+             if r == 0 or v > score_threshold]
+            for p in keep
+        ]
+        out.append(Detections(boxes[keep], scores[keep], [queries[i] for i in label_idx[keep]], candidates))
     return out

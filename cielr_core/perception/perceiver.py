@@ -91,6 +91,7 @@ class Perceiver:
             model, processor, rgb, self.queries(extra_queries),
             score_threshold=c.score_threshold, nms_iou=c.nms_iou, max_queries_per_pass=c.max_queries_per_pass,
             cache_key=f"{self._source(c.model)}@{c.model.revision}:{self.device}:{self.dtype}",
+            top_k=c.label_candidates,
         )
 
     def depth(self, rgb: np.ndarray) -> np.ndarray:
@@ -112,6 +113,7 @@ class Perceiver:
                 model, processor, rgbs[i : i + bs], queries,
                 score_threshold=c.score_threshold, nms_iou=c.nms_iou, max_queries_per_pass=c.max_queries_per_pass,
                 cache_key=f"{self._source(c.model)}@{c.model.revision}:{self.device}:{self.dtype}",
+                top_k=c.label_candidates,
             )
         return out
 
@@ -168,7 +170,9 @@ class Perceiver:
             seg, det, depth, image_sha256=image_sha256, width=width, height=height, version=version,
             provenance=provenance if provenance is not None else self.provenance(),
             match_min_iou=self.cfg.match_min_iou, merge_gap_px=self.cfg.merge_gap_px,
-            min_object_area=self.cfg.min_object_area,
+            min_object_area=self.cfg.min_object_area, match_rule=self.cfg.match_rule,
+            match_min_coverage=self.cfg.match_min_coverage, merge_inside_fraction=self.cfg.merge_inside_fraction,
+            label_candidates=self.cfg.owlv2.label_candidates,
         )
 
     def perceive(

@@ -62,11 +62,14 @@ class SegmentResult:
 
 @dataclass
 class Detections:
-    """OWLv2 detections of one image: ``boxes`` (M, 4) xyxy in image pixels, ``scores`` (M,), ``labels``."""
+    """OWLv2 detections of one image: ``boxes`` (M, 4) xyxy in image pixels, ``scores`` (M,), ``labels``,
+    and optionally per detection its top-k ``candidates`` ``[(query, score), ...]`` best first (the
+    best queries on that patch; the first is the detection's own label)."""
 
     boxes: np.ndarray
     scores: np.ndarray
     labels: list[str] = field(default_factory=list)
+    candidates: list[list[tuple[str, float]]] | None = None
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
@@ -77,22 +80,36 @@ class Detections:
                 f"detections disagree in length: {len(self.boxes)} boxes, {len(self.scores)} scores, "
                 f"{len(self.labels)} labels"
             )
+        if self.candidates is not None:
+            self.candidates = [[(str(q), float(s)) for q, s in c] for c in self.candidates]
+            if len(self.candidates) != len(self.labels):
+                raise ValueError(f"{len(self.labels)} detections but {len(self.candidates)} candidate lists")
+
+    def label_candidates(self, j: int) -> list[tuple[str, float]]:
+        """Detection ``j``'s candidate labels with scores (its own label alone when none were kept)."""
+        if self.candidates is not None and self.candidates[j]:
+            return list(self.candidates[j])
+        return [(self.labels[j], float(self.scores[j]))]
 
     @classmethod
     def empty(cls) -> Detections:
-        return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), [])
+        return cls(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), [], [])
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "boxes": [[float(v) for v in b] for b in self.boxes],
             "scores": [float(s) for s in self.scores],
             "labels": list(self.labels),
         }
+        if self.candidates is not None:
+            out["candidates"] = [[[q, float(s)] for q, s in c] for c in self.candidates]
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Detections:
+        cands = data.get("candidates")
         return cls(np.asarray(data.get("boxes") or np.zeros((0, 4)), dtype=np.float32), data.get("scores") or [],
-                   data.get("labels") or [])
+                   data.get("labels") or [], None if cands is None else [[(q, s) for q, s in c] for c in cands])

@@ -2,6 +2,6 @@
 (they enter the content-addressed cache keys, see ``tasks/keys.py``)."""
 
 SEGMENT_CODE_VERSION = "seg-1"
-LABEL_CODE_VERSION = "label-1"
+LABEL_CODE_VERSION = "label-2"  # 2: top-k label candidates per detection
 DEPTH_CODE_VERSION = "depth-1"
-ASSEMBLE_CODE_VERSION = "assemble-1"
+ASSEMBLE_CODE_VERSION = "assemble-2"  # 2: box matching rule, fragment-only merging, candidates
