@@ -124,3 +124,132 @@ def test_recolor_without_a_colour_falls_back_to_the_inpainter_and_says_so():
     r = execute_step(rgb, EditStep(subtask="x", operation="recolor", target_ids=[1], prompt="a red mug"),
                      scene_of({1: obj}), generate, inpainter=Invert())
     assert r.backend == "test-double/invert" and calls[-1] == "a red mug"
+
+
+# -- move / resize -------------------------------------------------------------------------------
+BG = np.array([40, 90, 160], np.uint8)
+
+
+def flat_scene_image(obj_box=(10, 20, 40, 40), seed=0, color=None):
+    """A uniform background with a textured (or flat ``color``) rectangle object at ``obj_box``
+    (x0, y0, x1, y1); returns (rgb, object mask)."""
+    rgb = np.tile(BG, (H, W, 1))
+    x0, y0, x1, y1 = obj_box
+    obj = box(H, W, y0, y1, x0, x1)
+    if color is None:
+        rgb[obj] = np.random.default_rng(seed).integers(0, 256, (obj.sum(), 3), dtype=np.uint8)
+    else:
+        rgb[obj] = color
+    return rgb, obj
+
+
+SHARP = EditingConfig(dilate_px=2, feather_px=0, remove_backend="opencv")
+
+
+def move(target=1, **placement) -> EditStep:
+    from cielr_core.plan import Placement
+
+    return EditStep(subtask="move it", operation="move", target_ids=[target], placement=Placement(**placement))
+
+
+def test_move_to_a_box_of_the_same_size_is_an_exact_translation():
+    rgb, obj = flat_scene_image()
+    r = execute_step(rgb, move(relation="box", box=(70, 50, 100, 70)), scene_of({1: obj}), SHARP)
+    assert not r.skipped and r.backend == "cut-paste+opencv/telea"
+    assert r.detail["from_box"] == [10, 20, 40, 40] and r.detail["to_box"] == [70, 50, 100, 70]
+    assert r.detail["shadows"] == "not moved"
+    assert np.array_equal(r.image[50:70, 70:100], rgb[20:40, 10:40])  # the object's own pixels, shifted
+    hole = M.dilate(obj, 2)
+    err = np.abs(r.image[hole].astype(int) - BG.astype(int))
+    assert err.max() <= 4 and err.mean() < 1.0  # the vacated area is background (Telea's fill)
+    pasted = box(H, W, 50, 70, 70, 100)
+    assert np.array_equal(r.mask, hole | pasted)
+    assert np.array_equal(r.image[~r.mask], rgb[~r.mask])
+
+
+def test_move_relative_to_another_object_keeps_size_and_follows_the_placement_rules():
+    rgb, obj = flat_scene_image((10, 10, 30, 24))  # 20 x 14
+    anchor = box(H, W, 50, 80, 60, 100)  # x 60..100, y 50..80
+    rgb[anchor] = (200, 200, 200)
+    sc = scene_of({1: obj, 2: anchor})
+    for relation, expected in [("left_of", (40, 66, 60, 80)), ("right_of", (100, 66, 120, 80)),
+                               ("on", (70, 43, 90, 57)), ("above", (70, 36, 90, 50))]:
+        r = execute_step(rgb, move(relation=relation, object_id=2), sc, SHARP)
+        assert r.detail["to_box"] == list(expected), relation
+        x0, y0, x1, y1 = expected
+        assert np.array_equal(r.image[y0:y1, x0:x1], rgb[10:24, 10:30]), relation
+        assert np.array_equal(r.image[~r.mask], rgb[~r.mask])
+    with pytest.raises(EditingError, match="relative to itself"):
+        execute_step(rgb, move(relation="on", object_id=1), sc, SHARP)
+
+
+def test_move_clips_at_the_border_and_skips_when_wholly_outside():
+    rgb, obj = flat_scene_image()
+    r = execute_step(rgb, move(relation="box", box=(105, 75, 135, 95)), scene_of({1: obj}), SHARP)
+    assert r.detail["to_box"] == [105, 75, 135, 95]
+    assert np.array_equal(r.image[75:90, 105:120], rgb[20:35, 10:25])  # the part inside the image
+    r = execute_step(rgb, move(relation="box", box=(200, 200, 230, 220)), scene_of({1: obj}), SHARP)
+    assert r.skipped and "outside the image" in r.reason and np.array_equal(r.image, rgb)
+
+
+def test_resize_twice_about_the_bottom_keeps_the_ground_line():
+    color = (230, 40, 30)
+    rgb, obj = flat_scene_image((50, 30, 70, 40), color=color)  # 20 x 10, bottom at y = 40
+    step = EditStep(subtask="make it bigger", operation="resize", target_ids=[1], scale=2.0, anchor="bottom")
+    r = execute_step(rgb, step, scene_of({1: obj}), SHARP)
+    assert r.detail["to_box"] == [40, 20, 80, 40]
+    assert np.all(r.image[20:40, 40:80] == color)  # the whole new box, exactly the object's colour
+    assert np.array_equal(r.mask, M.dilate(obj, 2) | box(H, W, 20, 40, 40, 80))
+    assert np.array_equal(r.image[~r.mask], rgb[~r.mask])
+
+
+def test_resize_half_about_the_centre_fills_the_ring_with_background():
+    color = (230, 40, 30)
+    rgb, obj = flat_scene_image((40, 20, 80, 60), color=color)  # 40 x 40
+    step = EditStep(subtask="smaller", operation="resize", target_ids=[1], scale=0.5)  # anchor: center
+    r = execute_step(rgb, step, scene_of({1: obj}), SHARP)
+    assert r.detail["to_box"] == [50, 30, 70, 50] and r.detail["anchor"] == "center"
+    assert np.all(r.image[30:50, 50:70] == color)
+    ring = obj & ~box(H, W, 30, 50, 50, 70)
+    err = np.abs(r.image[ring].astype(int) - BG.astype(int))
+    assert err.max() <= 4 and err.mean() < 1.0
+    assert np.array_equal(r.image[~r.mask], rgb[~r.mask])
+
+
+def test_pasted_edge_is_feathered_inside_and_interior_exact():
+    rgb, obj = flat_scene_image((10, 20, 40, 40))
+    cfg = SHARP.model_copy(update={"feather_px": 3})
+    r = execute_step(rgb, move(relation="box", box=(70, 50, 100, 70)), scene_of({1: obj}), cfg)
+    assert np.array_equal(r.image[54:66, 74:96], rgb[24:36, 14:36])  # >= 4 px from the edge: exact
+    edge = r.image[50, 70:100].astype(int)
+    assert not np.array_equal(edge, rgb[20, 10:40].astype(int))  # the outermost row is blended
+    # blended towards the background: the edge row lies between the object's row and the background
+    assert np.abs(edge - BG.astype(int)).mean() < np.abs(rgb[20, 10:40].astype(int) - BG.astype(int)).mean()
+    assert np.array_equal(r.image[~r.mask], rgb[~r.mask])
+
+
+def test_resize_needs_a_scale_and_move_a_placement():
+    with pytest.raises(ValueError, match="needs a scale"):
+        EditStep(subtask="x", operation="resize", target_ids=[1])
+    with pytest.raises(ValueError, match="needs a placement"):
+        EditStep(subtask="x", operation="move", target_ids=[1])
+
+
+# -- plan schema versions ------------------------------------------------------------------------
+def test_old_plans_read_as_version_1_and_new_operations_need_version_2():
+    import json
+
+    from cielr_core.plan import PLAN_SCHEMA_VERSION, EditPlan, read_plan
+
+    old = {"instruction": "remove the cup", "steps": [
+        {"subtask": "remove the cup", "status": "ok", "reason": "", "operation": "remove", "target_ids": [1],
+         "prompt": "", "placement": None, "ssr_digest": None}]}
+    plan = read_plan(json.dumps(old).encode())
+    assert plan.schema_version == 1 and plan.steps[0].operation == "remove"
+    new = EditPlan(instruction="x", steps=[EditStep(subtask="s", operation="resize", target_ids=[1], scale=0.5)])
+    assert new.schema_version == PLAN_SCHEMA_VERSION == 2
+    assert read_plan(new.canonical_json()) == new
+    with pytest.raises(ValueError, match="'resize' is not in plan schema version 1"):
+        read_plan({**json.loads(new.canonical_json()), "schema_version": 1})
+    with pytest.raises(ValueError, match="unknown plan schema_version 9"):
+        read_plan({"instruction": "x", "steps": [], "schema_version": 9})

@@ -44,6 +44,7 @@ from .errors import EditingError
 from .inpainters import Inpainter, editing_config, make_inpainter
 from .placement import placement_mask
 from .prep import check_mask_size, check_rgb, composite, crop_box, feather_alpha
+from .relocate import cut_and_scale, feathered, move_box, paste, resize_box
 
 
 @dataclass
@@ -217,6 +218,16 @@ def execute_step(
             return r
         detail["recolor"] = ("no colour named in the step (prompt, sub-task); regenerated with the inpainter "
                              f"instead (known colours: {', '.join(color_names())}, or #rrggbb)")
+    if step.operation in ("move", "resize"):
+        r = _relocate_step(rgb, core, step, scene, settings, cfg, seed, inpainter)
+        r.seconds = time.perf_counter() - t0
+        return r
+    if step.operation == "remove":
+        remover, prompt, negative, dilate, rdetail = removal_inpainter(step, scene, settings, inpainter)
+        image, allowed, box = inpaint_region(rgb, core, remover, settings, prompt=prompt, negative_prompt=negative,
+                                             seed=seed, dilate_px=dilate)
+        return StepResult(image, allowed, False, remover.name, None, step.operation,
+                          prompt if remover.follows_prompt else None, box, time.perf_counter() - t0, rdetail)
     backend, prompt, negative = _plan_for(step, scene, cfg)
     if inpainter is None:
         if backend == "opencv" and step.operation != "remove":
@@ -228,6 +239,56 @@ def execute_step(
                                          negative_prompt=negative, seed=seed)
     return StepResult(image, allowed, False, inpainter.name, None, step.operation,
                       prompt if inpainter.follows_prompt else None, box, time.perf_counter() - t0, detail)
+
+
+# -- removal -------------------------------------------------------------------------------------
+def removal_inpainter(step: EditStep, scene: Scene | None, settings: Settings | EditingConfig,
+                      inpainter: Inpainter | None = None) -> tuple[Inpainter, str, str, int | None, dict]:
+    """(inpainter, prompt, negative prompt, dilation or None for ``dilate_px``, detail) for removing
+    a step's target objects (``remove``, and the hole a ``move`` / ``resize`` leaves)."""
+    cfg, _ = editing_config(settings)
+    negative = _removal_negative(step, scene, cfg)
+    if inpainter is not None:
+        return inpainter, cfg.remove_prompt, negative, None, {"removal": inpainter.name}
+    inp = make_inpainter(cfg.remove_backend, settings)
+    return inp, cfg.remove_prompt, negative, None, {"removal": inp.name}
+
+
+# -- move / resize -------------------------------------------------------------------------------
+def _relocate_step(rgb, obj, step: EditStep, scene, settings, cfg: EditingConfig, seed, inpainter) -> StepResult:
+    H, W = rgb.shape[:2]
+    src = M.bbox(obj)
+    if step.operation == "resize":
+        anchor = step.anchor or "center"
+        dst = resize_box(src, float(step.scale), anchor)
+        detail: dict = {"scale": float(step.scale), "anchor": anchor}
+    else:
+        p = step.placement
+        anchor_box = None
+        if p.relation != "box":
+            if p.object_id in step.target_ids:
+                raise EditingError(f"move: object {p.object_id} cannot be placed relative to itself")
+            _need(scene, [p.object_id])
+            anchor_box = M.bbox(check_mask_size(scene.mask(p.object_id), (H, W), f"mask of object {p.object_id}"))
+            if anchor_box is None:
+                raise EditingError(f"placement anchor object {p.object_id} has an empty mask")
+        dst = move_box(src, p, anchor_box, (H, W))
+        detail = {"placement": p.model_dump(mode="json")}
+    detail.update(from_box=list(src), to_box=list(dst), shadows="not moved")
+    x0, y0, x1, y1 = dst
+    if x1 <= 0 or y1 <= 0 or x0 >= W or y0 >= H:
+        return StepResult(rgb.copy(), np.zeros((H, W), dtype=bool), True, None,
+                          f"empty target: the object's new box {list(dst)} lies outside the image", step.operation,
+                          detail=detail)
+    color, alpha = cut_and_scale(rgb, obj, dst)
+    alpha = feathered(alpha, cfg.feather_px)
+    remover, prompt, negative, dilate, rdetail = removal_inpainter(step, scene, settings, inpainter)
+    filled, allowed, box = inpaint_region(rgb, obj, remover, settings, prompt=prompt, negative_prompt=negative,
+                                          seed=seed, dilate_px=dilate)
+    image, applied = paste(filled, color, alpha, dst)
+    detail.update(rdetail)
+    return StepResult(image, allowed | (applied > 0), False, f"cut-paste+{remover.name}", None, step.operation,
+                      prompt if remover.follows_prompt else None, box, 0.0, detail)
 
 
 # -- recolor -------------------------------------------------------------------------------------

@@ -32,7 +32,6 @@ def placement_box(
     placement: Placement, anchor_box: tuple[float, float, float, float] | None, shape: tuple[int, int]
 ) -> tuple[int, int, int, int]:
     """The placement region ``(x0, y0, x1, y1)`` clipped to ``shape`` (H, W); may be empty."""
-    W = shape[1]
     rel = placement.relation
     if rel == "box":
         return M.rasterize_box(placement.box, shape)
@@ -41,22 +40,28 @@ def placement_box(
     ax0, ay0, ax1, ay1 = (float(v) for v in anchor_box)
     k = math.sqrt(placement.size_fraction)
     w, h = max(1.0, (ax1 - ax0) * k), max(1.0, (ay1 - ay0) * k)
+    return M.rasterize_box(relative_box(rel, anchor_box, w, h, shape[1]), shape)
+
+
+def relative_box(relation: str, anchor_box, w: float, h: float, width: int) -> tuple[float, float, float, float]:
+    """A ``w`` x ``h`` box placed by ``relation`` to ``anchor_box`` (the rules above), unclipped
+    (``width`` is the image's, for ``near``)."""
+    ax0, ay0, ax1, ay1 = (float(v) for v in anchor_box)
     cx = (ax0 + ax1) / 2
+    rel = relation
     if rel == "near":
-        rel = "right_of" if (W - ax1) >= ax0 else "left_of"
+        rel = "right_of" if (width - ax1) >= ax0 else "left_of"
     if rel == "on":
-        box = (cx - w / 2, ay0 - h / 2, cx + w / 2, ay0 + h / 2)
-    elif rel == "above":
-        box = (cx - w / 2, ay0 - h, cx + w / 2, ay0)
-    elif rel == "below":
-        box = (cx - w / 2, ay1, cx + w / 2, ay1 + h)
-    elif rel == "left_of":
-        box = (ax0 - w, ay1 - h, ax0, ay1)
-    elif rel == "right_of":
-        box = (ax1, ay1 - h, ax1 + w, ay1)
-    else:  # pragma: no cover - Placement validates the relation
-        raise EditingError(f"unknown placement relation {rel!r}")
-    return M.rasterize_box(box, shape)
+        return (cx - w / 2, ay0 - h / 2, cx + w / 2, ay0 + h / 2)
+    if rel == "above":
+        return (cx - w / 2, ay0 - h, cx + w / 2, ay0)
+    if rel == "below":
+        return (cx - w / 2, ay1, cx + w / 2, ay1 + h)
+    if rel == "left_of":
+        return (ax0 - w, ay1 - h, ax0, ay1)
+    if rel == "right_of":
+        return (ax1, ay1 - h, ax1 + w, ay1)
+    raise EditingError(f"unknown placement relation {relation!r}")
 
 
 def placement_mask(placement: Placement, anchor_box, shape: tuple[int, int]) -> np.ndarray:
