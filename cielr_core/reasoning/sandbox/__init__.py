@@ -137,7 +137,7 @@ def _execute(payload: dict[str, Any], masks: dict[int, np.ndarray], cfg: Sandbox
             payload["site"] = "/site"
             argv = isolation.bwrap_argv(isolation.find_bwrap(cfg.bwrap_path), d, _RUNNER)
         else:
-            argv = [sys.executable, "-I", "-c", _RUNNER, d]
+            argv = [sys.executable, "-I", "-c", _RUNNER, d, isolation.owner_tag()]
         with open(os.path.join(d, "payload.json"), "w") as f:
             json.dump(payload, f)
         np.savez(os.path.join(d, "masks.npz"), **{f"m{k}": np.asarray(v, dtype=bool) for k, v in masks.items()})

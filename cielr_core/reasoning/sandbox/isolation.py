@@ -163,7 +163,12 @@ def bwrap_argv(bwrap: str, input_dir: str, runner: str) -> list[str]:
         argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:  # an unprivileged user: a user namespace, uid 65534 inside, no nested user namespaces
         argv += ["--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY), "--disable-userns"]
-    return argv + ["--", exe, "-I", "-S", "-c", runner, "/in"]
+    return argv + ["--", exe, "-I", "-S", "-c", runner, "/in", owner_tag()]
+
+
+def owner_tag() -> str:
+    """An inert last argument naming the process that started a sandbox (to find leftovers)."""
+    return f"cielr-sandbox-of-{os.getpid()}"
 
 
 def child_env() -> dict[str, str]:
