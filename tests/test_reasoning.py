@@ -179,7 +179,7 @@ def test_builtin_relations_count_per_label():
 # ------------------------------------------------------------------------------------------------
 # the loop, one branch per test
 def test_decompose():
-    llm = ScriptedLLM([("decompose", {"subtasks": ["  remove the cup ", "recolor the apple red"]})])
+    llm = ScriptedLLM([("decompose", {"reason": "one edit", "subtasks": ["  remove the cup ", "recolor the apple red"]})])
     r = Reasoner(settings(), llm)
     assert r.decompose("remove the cup and make the apple red", make_scene()) == [
         "remove the cup", "recolor the apple red"]
@@ -262,7 +262,7 @@ def test_sandboxed_code_when_builtins_insufficient():
         ("reason", R(ids=[1])),
     ])
     r = Reasoner(settings(), llm)
-    step, final = r.plan_step("remove what covers most of the image", "x", RGB, sc)
+    _step, final = r.plan_step("remove what covers most of the image", "x", RGB, sc)
     runs = r.trace.of_type("sandbox")
     assert len(runs) == 1 and runs[0]["ok"] and runs[0]["code"] == "\n".join(CODE_OK)
     assert final.ssr.objects[1].attributes["fill_ratio"] == round(408 / (H * W), 4)
@@ -283,7 +283,7 @@ def test_refused_code_is_reasked_and_failed_code_is_reported():
         ("reason", R(status="no_target", operation=None, reason="nothing fits")),
     ])
     r = Reasoner(settings(), llm)
-    step, final = r.plan_step("s", "i", RGB, sc)
+    step, _ = r.plan_step("s", "i", RGB, sc)
     retry = llm.calls[3]["messages"]
     assert "refused" in retry[-1]["content"] and "'os'" in retry[-1]["content"]
     runs = r.trace.of_type("sandbox")
@@ -358,7 +358,7 @@ def test_no_target():
 
 def test_multi_step_plan():
     llm = ScriptedLLM([
-        ("decompose", {"subtasks": ["remove the cup", "add a pear near the apple"]}),
+        ("decompose", {"reason": "one edit", "subtasks": ["remove the cup", "add a pear near the apple"]}),
         ("assess", A("none")), ("reason", R(ids=[0])),
         ("assess", A("none")),
         ("reason", R(operation="add", prompt="a pear", placement={"relation": "near", "object_id": 2})),
@@ -372,7 +372,7 @@ def test_multi_step_plan():
 
 def test_single_pass_skips_updates():
     upd = RecordingUpdateSemantic()
-    llm = ScriptedLLM([("decompose", {"subtasks": ["remove the cup"]}), ("reason", R(ids=[0]))])
+    llm = ScriptedLLM([("decompose", {"reason": "one edit", "subtasks": ["remove the cup"]}), ("reason", R(ids=[0]))])
     plan = Reasoner(settings(mode="single_pass"), llm, updater=upd).plan("remove the cup", RGB, make_scene())
     assert upd.calls == [] and plan.steps[0].target_ids == [0]
     llm.done()
@@ -381,7 +381,7 @@ def test_single_pass_skips_updates():
 def test_trace_has_every_call_and_no_secret():
     upd = RecordingUpdateSemantic()
     llm = ScriptedLLM([
-        ("decompose", {"subtasks": ["remove the orange"]}),
+        ("decompose", {"reason": "one edit", "subtasks": ["remove the orange"]}),
         ("assess", A("semantic", queries=["orange"])),
         ("assess", "{broken"),
         ("assess", A("none")),
@@ -404,7 +404,7 @@ def test_trace_has_every_call_and_no_secret():
     tr.note("leak", text=f"key={SECRET}")
     assert SECRET not in tr.to_json_bytes().decode()
     assert s.reasoning.digest(REASONING_CODE_VERSION) != settings().reasoning.model_copy(
-        update={"prompt_version": "2"}).digest(REASONING_CODE_VERSION)
+        update={"prompt_version": "1"}).digest(REASONING_CODE_VERSION)  # the default is now "2"
 
 
 def test_unknown_prompt_version_is_clear():
@@ -653,7 +653,7 @@ def test_openai_backend_unreachable_is_transient():
 
 
 def test_openai_backend_in_the_loop_keeps_key_out_of_trace(chat_server):
-    answers = iter([{"subtasks": ["remove the cup"]}, A("none"), "not json", R(ids=[0])])
+    answers = iter([{"reason": "one edit", "subtasks": ["remove the cup"]}, A("none"), "not json", R(ids=[0])])
     def answer(body):
         a = next(answers)
         return a if isinstance(a, str) else json.dumps(a)
@@ -713,7 +713,7 @@ def test_tiny_qwen_constrained_decoding_is_schema_valid(tiny_llm_settings):
     big = tiny_llm_settings.llm.model_copy(update={"max_new_tokens": 1200})
     rs = reason_schema([3, 5], W, H)
     call2 = make_llm(big, tiny_llm_settings).complete(msgs, rs, call_name="reason")
-    assert list(json.loads(call2.raw))[:2] == ["status", "reason"]  # schema order
+    assert list(json.loads(call2.raw))[:2] == ["reason", "status"]  # schema order: the reasoning first
     a = call2.parsed.root
     assert set(getattr(a, "target_ids", [])) <= {3, 5}
     assert getattr(getattr(a, "placement", None), "object_id", None) in (None, 3, 5)
@@ -760,7 +760,7 @@ def test_cli_plan(tmp_path, chat_server):
     (tmp_path / "ssr.json").write_bytes(sc.ssr.canonical_json())
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({"llm": {"backend": "openai", "base_url": chat_server.url, "model": {"id": "q"}}}))
-    answers = iter([{"subtasks": ["remove the apple"]}, A("none"), R(ids=[2])])
+    answers = iter([{"reason": "one edit", "subtasks": ["remove the apple"]}, A("none"), R(ids=[2])])
     chat_server.script = [(200, lambda body: json.dumps(next(answers)), 0) for _ in range(3)]
     app = typer.Typer()
     plan_cmd.register(app)

@@ -32,15 +32,25 @@ def _bounded(n: int, default: int, min_length: int = 0) -> Any:
     return Annotated[str, Field(min_length=min_length, max_length=max(min_length + 1, min(default, n)))]
 
 
+# Every answer writes its reasoning FIRST (``reason``), then its verdict: a model that decodes left
+# to right then thinks before it commits to ``need`` / ``status`` / an operation.
+QUERY_OBJECTS_MAX = 8
+QUERY_OBJECTS_DESCRIPTION = ("object names the instruction mentions or implies, as detector queries "
+                             "(short nouns such as 'wall clock'); added to the image's query set")
+
+
 class Decomposition(_Answer):
+    reason: Text
     subtasks: list[SubTask] = Field(min_length=1, max_length=8, description="ordered, self-contained edit sub-tasks")
+    query_objects: list[Label] = Field(default_factory=list, max_length=QUERY_OBJECTS_MAX,
+                                       description=QUERY_OBJECTS_DESCRIPTION)
 
 
 class Assessment(_Answer):
+    reason: Text
     need: Literal["none", "semantic", "spatial"] = Field(
         description="none: the SSR suffices; semantic: labels are missing or wrong; spatial: geometry is missing"
     )
-    reason: Text
     queries: list[Label] = Field(default_factory=list, max_length=8,
                                  description="semantic: new open-vocabulary label queries for the detector")
     segmentation: Literal["keep", "finer", "coarser"] = Field(
@@ -67,8 +77,8 @@ def assessment_schema(text_chars: int = DEFAULT_TEXT_CHARS) -> type[BaseModel]:
     f = Assessment.model_fields
     return create_model(
         "Assessment", __base__=_Answer,
-        need=(f["need"].annotation, Field(description=f["need"].description)),
         reason=(_bounded(text_chars, 400), ...),
+        need=(f["need"].annotation, Field(description=f["need"].description)),
         queries=(list[_bounded(text_chars, 40, 1)], Field(default_factory=list, max_length=8,
                                                            description=f["queries"].description)),
         segmentation=(f["segmentation"].annotation, Field(default="keep", description=f["segmentation"].description)),
@@ -95,8 +105,11 @@ def decomposition_schema(max_subtasks: int, text_chars: int = DEFAULT_TEXT_CHARS
     return create_model(
         "Decomposition",
         __base__=_Answer,
+        reason=(_bounded(text_chars, 400), ...),
         subtasks=(list[_bounded(text_chars, 300, 1)], Field(min_length=1, max_length=max(1, max_subtasks),
                                     description="ordered, self-contained edit sub-tasks")),
+        query_objects=(list[_bounded(text_chars, 40, 1)], Field(default_factory=list, max_length=QUERY_OBJECTS_MAX,
+                                                               description=QUERY_OBJECTS_DESCRIPTION)),
     )
 
 
@@ -116,8 +129,8 @@ def reason_schema(ids: list[int], width: int, height: int, text_chars: int = DEF
     Text = _bounded(text_chars, 400)  # noqa: F841 - the annotations below resolve it from this frame
 
     class NoTarget(_Answer):
-        status: Literal["no_target"]
         reason: Text
+        status: Literal["no_target"]
 
     class BoxPlacement(_Answer):
         relation: Literal["box"]
@@ -136,15 +149,15 @@ def reason_schema(ids: list[int], width: int, height: int, text_chars: int = DEF
             size_fraction: Fraction = 0.25
 
         class Remove(_Answer):
-            status: Literal["ok"]
             reason: Text
+            status: Literal["ok"]
             operation: Literal["remove"]
             target_ids: Targets
             prompt: Text = ""
 
         class Change(_Answer):
-            status: Literal["ok"]
             reason: Text
+            status: Literal["ok"]
             operation: Literal["replace", "recolor"]
             target_ids: Targets
             prompt: Prompt
@@ -153,11 +166,11 @@ def reason_schema(ids: list[int], width: int, height: int, text_chars: int = DEF
         placements.insert(0, AnchorPlacement)
 
     class Add(_Answer):
-        status: Literal["ok"]
         reason: Text
+        status: Literal["ok"]
         operation: Literal["add"]
         prompt: Prompt
-        placement: Union[tuple(placements)]  # type: ignore[valid-type]
+        placement: Union[tuple(placements)]  # type: ignore[valid-type]  # noqa: UP007 - a runtime tuple
 
     variants.append(Add)
     tags: dict[Any, str] = {NoTarget: "no_target", Add: "add"}
@@ -178,7 +191,7 @@ def reason_schema(ids: list[int], width: int, height: int, text_chars: int = DEF
 
     ops = "add" if not ids else "remove, replace, recolor or add"
     shape = Annotated[
-        Union[tuple(Annotated[v, Tag(tags[v])] for v in variants)],  # type: ignore[misc]
+        Union[tuple(Annotated[v, Tag(tags[v])] for v in variants)],  # type: ignore[misc]  # noqa: UP007
         Discriminator(kind, custom_error_type="answer_shape", custom_error_message=(
             f"status must be 'no_target' (with a reason), or 'ok' with an operation: {ops}")),
     ]
