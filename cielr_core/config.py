@@ -179,12 +179,25 @@ class ReasoningConfig(Section):
     sandbox: SandboxConfig = SandboxConfig()
 
 
+class LamaConfig(Section):
+    """The LaMa removal backend: a big-lama TorchScript file (local path, or a file of a hub repo in
+    the Hugging Face cache)."""
+
+    model: ModelRef = ModelRef(id="ardiantovn/big-lama")
+    filename: str = Field(default="big-lama.pt", description="the TorchScript file in the hub repo")
+    dilate_px: int = Field(default=0, ge=0, description="mask dilation for LaMa (the paper's best: none)")
+    pad_multiple: int = Field(default=8, ge=1, description="the network's stride: inputs are padded to multiples")
+
+
 class EditingConfig(Section):
     backend: Literal["diffusers", "opencv"] = "diffusers"
     model: ModelRef = ModelRef(id="stable-diffusion-v1-5/stable-diffusion-inpainting")
-    remove_backend: Literal["diffusers", "opencv"] = Field(
-        default="opencv", description="backend used for `remove` steps"
+    remove_backend: Literal["auto", "lama", "diffusers", "opencv"] = Field(
+        default="auto",
+        description="backend of `remove` (and of the hole a move/resize leaves); auto: LaMa when its checkpoint "
+        "is present, else the diffusers inpainter with remove_prompt, else OpenCV (the trace says which and why)",
     )
+    lama: LamaConfig = LamaConfig()
     steps: int = 30
     guidance_scale: float = 7.5
     strength: float = 1.0
@@ -365,6 +378,7 @@ def _tiny_profile() -> dict[str, Any]:
         "reasoning": {"max_text_chars": 16, "max_subtasks": 2},
         "editing": {
             "model": {"id": "tiny/sd-inpaint", "path": f"{md}/sd-inpaint"},
+            "lama": {"model": {"id": "tiny/lama", "path": f"{md}/lama/big-lama.pt"}},
             "steps": 2,
             "resolution": 64,
             "device": "cpu",

@@ -253,3 +253,116 @@ def test_old_plans_read_as_version_1_and_new_operations_need_version_2():
         read_plan({**json.loads(new.canonical_json()), "schema_version": 1})
     with pytest.raises(ValueError, match="unknown plan schema_version 9"):
         read_plan({"instruction": "x", "steps": [], "schema_version": 9})
+
+
+# -- LaMa removal --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_lama(session_tmp):
+    from conftest import tiny_family
+
+    return tiny_family(session_tmp, "lama") / "big-lama.pt"
+
+
+def test_pad_to_multiple_reflects_and_keeps_the_original():
+    from cielr_core.editing.lama import pad_to_multiple
+
+    a = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3)
+    p, (h, w) = pad_to_multiple(a, 8)
+    assert p.shape == (8, 8, 3) and (h, w) == (5, 7)
+    assert np.array_equal(p[:5, :7], a)
+    assert np.array_equal(p[5, :7], a[4]) and np.array_equal(p[:5, 7], a[:, 6])  # symmetric reflection
+    same, _ = pad_to_multiple(np.zeros((16, 24), np.uint8), 8)
+    assert same.shape == (16, 24)
+
+
+def test_lama_torchscript_loads_from_a_local_path_and_is_padded_to_its_stride(tiny_lama):
+    import torch
+
+    from cielr_core.editing.lama import LamaInpainter, make_lama
+
+    raw = torch.jit.load(str(tiny_lama))
+    with pytest.raises(Exception, match="multiples of 8"):  # the module itself refuses unpadded input
+        raw(torch.rand(1, 3, 37, 53), torch.ones(1, 1, 37, 53))
+    cfg = EditingConfig(lama={"model": {"id": "tiny/lama", "path": str(tiny_lama)}})
+    inp = make_lama(cfg)
+    assert isinstance(inp, LamaInpainter) and inp.name == "lama/tiny/lama" and inp.follows_prompt is False
+    rgb = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    hole = box(37, 53, 10, 20, 30, 45)
+    out = inp.inpaint(rgb, hole)
+    assert out.shape == rgb.shape and out.dtype == np.uint8
+    assert np.array_equal(out[~hole], rgb[~hole])  # the module composites; the padding was cropped away
+    assert (out[hole] != rgb[hole]).any()
+
+
+def test_lama_checkpoint_from_the_hugging_face_cache(tiny_lama, tmp_path, monkeypatch):
+    import shutil
+
+    from cielr_core.editing.lama import lama_checkpoint, make_lama
+    from cielr_core.models import ModelUnavailableError
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    repo = tmp_path / "hf" / "hub" / "models--someone--big-lama"
+    snap = repo / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    shutil.copy(tiny_lama, snap / "big-lama.pt")
+    assert lama_checkpoint("someone/big-lama", "big-lama.pt") == str(snap / "big-lama.pt")
+    inp = make_lama(EditingConfig(lama={"model": {"id": "someone/big-lama"}}))
+    out = inp.inpaint(np.zeros((8, 8, 3), np.uint8), np.ones((8, 8), bool))
+    assert out.shape == (8, 8, 3)
+    with pytest.raises(ModelUnavailableError, match="huggingface-cli download nobody/no-lama big-lama.pt"):
+        lama_checkpoint("nobody/no-lama", "big-lama.pt")
+    with pytest.raises(ModelUnavailableError, match="CIELR_EDITING__LAMA__MODEL__PATH"):
+        lama_checkpoint(str(tmp_path / "absent.pt"), "big-lama.pt")
+
+
+def test_remove_uses_lama_undilated_when_available_and_says_so(tiny_lama):
+    rgb, obj = textured_object_image(4)
+    cfg = EditingConfig(lama={"model": {"id": "tiny/lama", "path": str(tiny_lama)}}, dilate_px=8)
+    r = execute_step(rgb, EditStep(subtask="remove it", operation="remove", target_ids=[1]), scene_of({1: obj}), cfg)
+    assert r.backend == "lama/tiny/lama" and r.detail["removal"] == "lama/tiny/lama"
+    assert "removal_passed_over" not in r.detail and r.prompt is None
+    assert np.array_equal(r.mask, obj)  # editing.lama.dilate_px = 0: the paper's best variant
+    assert np.array_equal(r.image[~obj], rgb[~obj])
+
+
+def test_remove_falls_back_to_opencv_and_the_detail_says_why(tmp_path):
+    from cielr_core.models import ModelUnavailableError
+
+    rgb, obj = textured_object_image(5)
+    cfg = EditingConfig(lama={"model": {"id": "x/lama", "path": str(tmp_path / "none.pt")}}, dilate_px=2)
+    r = execute_step(rgb, EditStep(subtask="remove it", operation="remove", target_ids=[1]), scene_of({1: obj}), cfg)
+    assert r.backend == "opencv/telea"
+    passed = {p["backend"]: p["unavailable"] for p in r.detail["removal_passed_over"]}
+    assert set(passed) == {"lama", "diffusers"} and "none.pt" in passed["lama"]
+    assert np.array_equal(r.mask, M.dilate(obj, 2))
+    with pytest.raises(ModelUnavailableError, match="none.pt"):
+        execute_step(rgb, EditStep(subtask="remove it", operation="remove", target_ids=[1]), scene_of({1: obj}),
+                     cfg.model_copy(update={"remove_backend": "lama"}))
+
+
+def test_remove_falls_back_to_sd_inpaint_with_the_background_prompt(session_tmp, tmp_path):
+    from conftest import tiny_family
+
+    from cielr_core.config import load_settings
+
+    tiny_family(session_tmp, "sd-inpaint")
+    s = load_settings(profile="tiny", overrides={"models_dir": str(session_tmp / "models"),
+                                                 "editing": {"lama": {"model": {"path": str(tmp_path / "no.pt")}}}})
+    rgb, obj = textured_object_image(6)
+    r = execute_step(rgb, EditStep(subtask="remove it", operation="remove", target_ids=[1]), scene_of({1: obj}), s)
+    assert r.backend == "diffusers/tiny/sd-inpaint" and r.prompt == s.editing.remove_prompt
+    assert [p["backend"] for p in r.detail["removal_passed_over"]] == ["lama"]
+    assert np.array_equal(r.image[~r.mask], rgb[~r.mask])
+
+
+def test_move_fills_the_hole_with_lama_when_available(tiny_lama):
+    rgb, obj = flat_scene_image()
+    cfg = EditingConfig(**{**SHARP.model_dump(), "remove_backend": "auto",
+                           "lama": {"model": {"id": "tiny/lama", "path": str(tiny_lama)}}})
+    r = execute_step(rgb, move(relation="box", box=(70, 50, 100, 70)), scene_of({1: obj}), cfg)
+    assert r.backend == "cut-paste+lama/tiny/lama"
+    assert np.array_equal(r.mask, obj | box(H, W, 50, 70, 70, 100))  # LaMa: the hole undilated
+    assert np.array_equal(r.image[50:70, 70:100], rgb[20:40, 10:40])
+    assert np.array_equal(r.image[~r.mask], rgb[~r.mask])

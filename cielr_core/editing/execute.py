@@ -7,8 +7,12 @@ exactly; :attr:`StepResult.mask` is that dilated mask (the region allowed to cha
 
 Operations and their defaults (``EditingConfig``):
 
-* ``remove``  -- backend ``remove_backend`` (``opencv`` by default); with diffusers the prompt is
-  ``remove_prompt`` and the removed objects' labels join the negative prompt;
+* ``remove``  -- backend ``remove_backend``: ``auto`` (default) is LaMa when its checkpoint is
+  present (undilated by default, ``editing.lama``), else the diffusers inpainter (prompt
+  ``remove_prompt``, the removed objects' labels joining the negative prompt), else OpenCV; the
+  step's detail says which ran and why the others were passed over;
+* ``move`` / ``resize`` -- cut, (scaled) paste, the hole filled by the removal backend
+  (:mod:`.relocate`);
 * ``replace`` -- backend ``backend``; the step's prompt describes the new object;
 * ``add``     -- backend ``backend``; the mask is the placement region (:mod:`.placement`);
 * ``recolor`` -- ``recolor_mode`` ``chroma`` (default): the object's hue and chroma are shifted in
@@ -160,11 +164,7 @@ def inpaint_region(
 # -- one step ------------------------------------------------------------------------------------
 def _plan_for(step: EditStep, scene: Scene | None, cfg: EditingConfig) -> tuple[str, str, str]:
     """(backend, prompt, negative prompt) for a step."""
-    op = step.operation
-    neg = cfg.negative_prompt
-    if op == "remove":
-        return cfg.remove_backend, cfg.remove_prompt, _removal_negative(step, scene, cfg)
-    return cfg.backend, (step.prompt or step.subtask), neg
+    return cfg.backend, (step.prompt or step.subtask), cfg.negative_prompt
 
 
 def _removal_negative(step: EditStep, scene: Scene | None, cfg: EditingConfig) -> str:
@@ -230,7 +230,7 @@ def execute_step(
                           prompt if remover.follows_prompt else None, box, time.perf_counter() - t0, rdetail)
     backend, prompt, negative = _plan_for(step, scene, cfg)
     if inpainter is None:
-        if backend == "opencv" and step.operation != "remove":
+        if backend == "opencv":
             return skipped(
                 f"operation {step.operation!r} needs a prompt-following inpainter but the backend is 'opencv' "
                 "(set editing.backend to 'diffusers')", "opencv")
@@ -242,16 +242,58 @@ def execute_step(
 
 
 # -- removal -------------------------------------------------------------------------------------
+REMOVAL_ORDER = {"auto": ("lama", "diffusers", "opencv"), "lama": ("lama",), "diffusers": ("diffusers",),
+                 "opencv": ("opencv",)}
+_unavailable: dict[tuple[str, str, str | None], str] = {}  # diffusers sources found missing in this process
+
+
 def removal_inpainter(step: EditStep, scene: Scene | None, settings: Settings | EditingConfig,
                       inpainter: Inpainter | None = None) -> tuple[Inpainter, str, str, int | None, dict]:
     """(inpainter, prompt, negative prompt, dilation or None for ``dilate_px``, detail) for removing
-    a step's target objects (``remove``, and the hole a ``move`` / ``resize`` leaves)."""
-    cfg, _ = editing_config(settings)
+    a step's target objects (``remove``, and the hole a ``move`` / ``resize`` leaves).
+
+    ``editing.remove_backend`` ``auto`` tries LaMa (its checkpoint present: dilation
+    ``editing.lama.dilate_px``), then the diffusers inpainter with ``remove_prompt`` and the removed
+    labels as negative prompt, then OpenCV; ``detail`` names the backend used and why each earlier
+    one was passed over. A backend named explicitly that is unavailable raises ModelUnavailableError.
+    """
+    from cielr_core.models import ModelUnavailableError
+
+    from .lama import make_lama
+
+    cfg, source = editing_config(settings)
     negative = _removal_negative(step, scene, cfg)
     if inpainter is not None:
         return inpainter, cfg.remove_prompt, negative, None, {"removal": inpainter.name}
-    inp = make_inpainter(cfg.remove_backend, settings)
-    return inp, cfg.remove_prompt, negative, None, {"removal": inp.name}
+    order = REMOVAL_ORDER[cfg.remove_backend]
+    passed: list[dict] = []
+    for backend in order:
+        dilate = None
+        try:
+            if backend == "lama":
+                inp = make_lama(settings)
+                dilate = cfg.lama.dilate_px
+            elif backend == "diffusers":
+                key = ("diffusers", source, cfg.model.revision)
+                if key in _unavailable and len(order) > 1:
+                    raise ModelUnavailableError(_unavailable[key])
+                try:
+                    inp = make_inpainter("diffusers", settings)
+                except ModelUnavailableError as e:
+                    _unavailable[key] = str(e)
+                    raise
+            else:
+                inp = make_inpainter("opencv", settings)
+        except ModelUnavailableError as e:
+            if len(order) == 1:
+                raise
+            passed.append({"backend": backend, "unavailable": str(e)})
+            continue
+        detail: dict = {"removal": inp.name, "removal_order": list(order)}
+        if passed:
+            detail["removal_passed_over"] = passed
+        return inp, cfg.remove_prompt, negative, dilate, detail
+    raise AssertionError("unreachable: opencv is always available")  # pragma: no cover
 
 
 # -- move / resize -------------------------------------------------------------------------------

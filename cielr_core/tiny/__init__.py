@@ -19,6 +19,7 @@ FAMILIES: dict[str, str] = {
     "depth-anything": "depth",
     "qwen2": "llm",
     "sd-inpaint": "inpaint",
+    "lama": "lama",
     "clip": "clip",
     "dino": "dino",
 }
