@@ -173,8 +173,9 @@ class ReasoningConfig(Section):
     max_text_chars: int = Field(
         default=400, ge=8,
         description="bound on every free-text field of an LLM answer (reasons, sub-tasks, prompts)")
-    prompt_version: str = Field(default="2", description="prompt set (2: reasoning first in every answer, "
-                                "query_objects in the decomposition, label candidates described)")
+    prompt_version: str = Field(default="3", description="prompt set (2: reasoning first in every answer, "
+                                "query_objects in the decomposition, label candidates described; 3: also the "
+                                "operations move, resize, transform, global and recolor with a named colour)")
     allow_sandbox: bool = True
     sandbox: SandboxConfig = SandboxConfig()
 

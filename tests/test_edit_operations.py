@@ -366,3 +366,51 @@ def test_move_fills_the_hole_with_lama_when_available(tiny_lama):
     assert np.array_equal(r.mask, obj | box(H, W, 50, 70, 70, 100))  # LaMa: the hole undilated
     assert np.array_equal(r.image[50:70, 70:100], rgb[20:40, 10:40])
     assert np.array_equal(r.image[~r.mask], rgb[~r.mask])
+
+
+# -- reason answers for the new operations (prompt set 3) ----------------------------------------
+def _reason(answer, prompt_version="3", mode="single_pass"):
+    from test_reasoning import ScriptedLLM, make_scene
+
+    from cielr_core.config import load_settings
+    from cielr_core.reasoning import Reasoner
+
+    s = load_settings(profile="default", overrides={"reasoning": {"prompt_version": prompt_version, "mode": mode,
+                                                                  "max_invalid_retries": 0}})
+    llm = ScriptedLLM([("reason", answer)])
+    step, _ = Reasoner(s, llm).plan_step("sub-task", "instruction", None, make_scene())
+    return step, llm
+
+
+@pytest.mark.parametrize("answer,expect", [
+    ({"reason": "r", "status": "ok", "operation": "move", "target_ids": [0],
+      "placement": {"relation": "left_of", "object_id": 2}},
+     {"operation": "move", "target_ids": [0], "placement.relation": "left_of", "placement.object_id": 2}),
+    ({"reason": "r", "status": "ok", "operation": "resize", "target_ids": [1], "scale": 1.5, "anchor": "bottom"},
+     {"operation": "resize", "scale": 1.5, "anchor": "bottom"}),
+    ({"reason": "r", "status": "ok", "operation": "recolor", "target_ids": [2], "color": "dark green",
+      "prompt": "a dark green apple"}, {"operation": "recolor", "color": "dark green"}),
+    ({"reason": "r", "status": "ok", "operation": "transform", "target_ids": [2], "prompt": "make it rotten"},
+     {"operation": "transform", "prompt": "make it rotten", "target_ids": [2]}),
+    ({"reason": "r", "status": "ok", "operation": "global", "prompt": "show the room at night"},
+     {"operation": "global", "prompt": "show the room at night", "target_ids": []}),
+])
+def test_reason_answers_of_prompt_set_3_become_plan_steps(answer, expect):
+    step, llm = _reason(answer)
+    for k, v in expect.items():
+        obj = step
+        for part in k.split("."):
+            obj = getattr(obj, part)
+        assert obj == v, (k, obj)
+    user = llm.calls[0]["messages"][-1]["content"]
+    assert '"operation": "move"' in user and "dark green" in user  # the prompt shows the shapes and colours
+
+
+def test_prompt_set_2_keeps_the_old_operations():
+    from cielr_core.reasoning.llm import InvalidAnswerError
+
+    with pytest.raises(InvalidAnswerError):
+        _reason({"reason": "r", "status": "ok", "operation": "global", "prompt": "night"}, prompt_version="2")
+    step, _ = _reason({"reason": "r", "status": "ok", "operation": "recolor", "target_ids": [0], "prompt": "a red cup"},
+                      prompt_version="2")
+    assert step.operation == "recolor" and step.color is None

@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
+from cielr_core.editing.color import color_names
 from cielr_core.plan import EditPlan, EditStep, Placement
 from cielr_core.reasoning.llm import (
     LLM,
@@ -41,6 +42,7 @@ from cielr_core.reasoning.schemas import (
     answer_fields,
     assessment_schema,
     decomposition_schema,
+    operations_for_prompt_version,
     reason_schema,
     spatial_code_schema,
 )
@@ -51,7 +53,7 @@ from cielr_core.ssr import SSR, Scene
 # update_semantic(rgb, scene, extra_queries, sam2_overrides=None) -> Scene
 Updater = Callable[..., Scene]
 
-NEEDS_PROMPT = ("replace", "add", "recolor")
+NEEDS_PROMPT = ("replace", "add", "recolor", "transform", "global")
 
 
 class Reasoner:
@@ -127,12 +129,13 @@ class Reasoner:
         ssr = scene.ssr
         digest = ssr.digest()
         msgs = self.prompts.messages("reason", instruction=instruction, subtask=subtask, version=ssr.version,
-                                     ssr=ssr.llm_view())
+                                     ssr=ssr.llm_view(), colors=", ".join(color_names()))
 
         def convert(a: Any) -> EditStep:
             return _to_step(a, subtask, digest)
 
-        step = self._ask("reason", msgs, reason_schema(ssr.ids, ssr.width, ssr.height, self.cfg.max_text_chars), convert=convert,
+        step = self._ask("reason", msgs, reason_schema(ssr.ids, ssr.width, ssr.height, self.cfg.max_text_chars,
+                                                      operations_for_prompt_version(self.cfg.prompt_version)), convert=convert,
                          subtask=subtask)
         return step, scene
 
@@ -266,17 +269,18 @@ def _to_step(parsed: Any, subtask: str, digest: str) -> EditStep:
     if op in NEEDS_PROMPT and not prompt:
         raise ValueError(f"prompt: a {op!r} answer needs a prompt for the inpainter")
     placement = None
-    if op == "add":
+    if op in ("add", "move"):
         p = getattr(a, "placement", None)
         if p is None:
-            raise ValueError("placement: an 'add' answer needs a placement")
+            raise ValueError(f"placement: an {op!r} answer needs a placement")
         box = getattr(p, "box", None)
         placement = Placement(relation=p.relation, object_id=getattr(p, "object_id", None),
                               box=None if box is None else tuple(float(x) for x in box),
                               size_fraction=p.size_fraction)
-    targets = sorted(set(getattr(a, "target_ids", []) or [])) if op != "add" else []
+    targets = sorted(set(getattr(a, "target_ids", []) or [])) if op not in ("add", "global") else []
+    extra = {k: getattr(a, k) for k in ("scale", "anchor", "color") if getattr(a, k, None) is not None}
     return EditStep(subtask=subtask, status="ok", reason=reason, operation=op, target_ids=targets, prompt=prompt,
-                    placement=placement, ssr_digest=digest)
+                    placement=placement, ssr_digest=digest, **extra)
 
 
 def _has_builtin(ssr: SSR) -> bool:

@@ -99,6 +99,14 @@ def spatial_code_schema(text_chars: int = DEFAULT_TEXT_CHARS) -> type[BaseModel]
 
 RELATIONS = ("on", "near", "left_of", "right_of", "above", "below", "box")
 OPERATIONS = ("remove", "replace", "add", "recolor")
+#: prompt set 3 on: move, resize, transform, global, and recolor with a named colour (plan schema 2)
+OPERATIONS_V3 = ("remove", "replace", "add", "recolor", "move", "resize", "transform", "global")
+ANCHORS = ("center", "bottom", "top", "left", "right", "bottom_left", "bottom_right", "top_left", "top_right")
+
+
+def operations_for_prompt_version(version: str) -> tuple[str, ...]:
+    """The operations the reason answer may take under a prompt set (the prompts describe them)."""
+    return OPERATIONS if str(version) in ("1", "2") else OPERATIONS_V3
 
 
 def decomposition_schema(max_subtasks: int, text_chars: int = DEFAULT_TEXT_CHARS) -> type[BaseModel]:
@@ -113,15 +121,23 @@ def decomposition_schema(max_subtasks: int, text_chars: int = DEFAULT_TEXT_CHARS
     )
 
 
-def reason_schema(ids: list[int], width: int, height: int, text_chars: int = DEFAULT_TEXT_CHARS) -> type[BaseModel]:
+def reason_schema(ids: list[int], width: int, height: int, text_chars: int = DEFAULT_TEXT_CHARS,
+                  operations: tuple[str, ...] = OPERATIONS) -> type[BaseModel]:
     """The final answer for one sub-task, with ids restricted to ``ids``.
 
     One of several object shapes (a JSON-schema ``anyOf``), so that every answer the grammar lets a
     model write is also a consistent edit step: ``no_target`` with a reason; ``remove`` with at
     least one target; ``replace`` / ``recolor`` with targets and a non-empty inpainter prompt;
     ``add`` with a prompt and a placement (anchored on an existing id, or a box). With no objects in
-    the SSR only ``no_target`` and ``add`` in a box remain."""
+    the SSR only ``no_target`` and ``add`` in a box remain.
+
+    With ``operations`` = :data:`OPERATIONS_V3` (prompt set 3): ``recolor`` names its ``color`` from
+    the colour table; ``move`` takes targets and a placement (where the object goes); ``resize``
+    targets, a ``scale`` and an ``anchor``; ``transform`` targets and an instruction applied inside
+    their region; ``global`` an instruction for the whole image (no targets, so it remains with no
+    objects too). Every shape writes ``reason`` first."""
     ids = sorted(ids)
+    v3 = "move" in operations
     side = max(width, height)
     Coord = Annotated[int, Field(ge=0, le=side)]
     Fraction = Annotated[float, Field(ge=0.05, le=1.0)]
@@ -158,12 +174,46 @@ def reason_schema(ids: list[int], width: int, height: int, text_chars: int = DEF
         class Change(_Answer):
             reason: Text
             status: Literal["ok"]
-            operation: Literal["replace", "recolor"]
+            operation: Literal[("replace",) if v3 else ("replace", "recolor")]  # type: ignore[valid-type]
             target_ids: Targets
             prompt: Prompt
 
         variants += [Remove, Change]
         placements.insert(0, AnchorPlacement)
+        if v3:
+            from cielr_core.editing.color import color_names
+
+            class Recolor(_Answer):
+                reason: Text
+                status: Literal["ok"]
+                operation: Literal["recolor"]
+                target_ids: Targets
+                color: Literal[tuple(color_names())]  # type: ignore[valid-type]
+                prompt: Prompt
+
+            class Move(_Answer):
+                reason: Text
+                status: Literal["ok"]
+                operation: Literal["move"]
+                target_ids: Targets
+                placement: Union[tuple(placements)]  # type: ignore[valid-type]  # noqa: UP007 - a runtime tuple
+
+            class Resize(_Answer):
+                reason: Text
+                status: Literal["ok"]
+                operation: Literal["resize"]
+                target_ids: Targets
+                scale: Annotated[float, Field(ge=0.1, le=4.0, description="factor on the object's size")]
+                anchor: Literal[ANCHORS] = "center"  # type: ignore[valid-type]
+
+            class Transform(_Answer):
+                reason: Text
+                status: Literal["ok"]
+                operation: Literal["transform"]
+                target_ids: Targets
+                prompt: Prompt
+
+            variants += [Recolor, Move, Resize, Transform]
 
     class Add(_Answer):
         reason: Text
@@ -176,7 +226,20 @@ def reason_schema(ids: list[int], width: int, height: int, text_chars: int = DEF
     tags: dict[Any, str] = {NoTarget: "no_target", Add: "add"}
     if ids:
         tags.update({Remove: "remove", Change: "change"})
+        if v3:
+            tags.update({Recolor: "recolor", Move: "move", Resize: "resize", Transform: "transform"})
+    if v3:
+        class Global(_Answer):
+            reason: Text
+            status: Literal["ok"]
+            operation: Literal["global"]
+            prompt: Prompt
+
+        variants.append(Global)
+        tags[Global] = "global"
     available = {tags[v] for v in variants}
+    shape_of = {"remove": "remove", "replace": "change", "recolor": "recolor" if v3 else "change", "add": "add",
+                "move": "move", "resize": "resize", "transform": "transform", "global": "global"}
 
     def kind(v: Any) -> str | None:
         # picks the one shape an answer claims to be, so a validation error names only its problems
@@ -185,11 +248,12 @@ def reason_schema(ids: list[int], width: int, height: int, text_chars: int = DEF
         if status == "no_target":
             return "no_target"
         if status == "ok":
-            k = {"remove": "remove", "replace": "change", "recolor": "change", "add": "add"}.get(op)
+            k = shape_of.get(op)
             return k if k in available else None
         return None
 
-    ops = "add" if not ids else "remove, replace, recolor or add"
+    ops = ("add" if not ids else "remove, replace, recolor or add") if not v3 else (
+        "add or global" if not ids else "remove, replace, recolor, add, move, resize, transform or global")
     shape = Annotated[
         Union[tuple(Annotated[v, Tag(tags[v])] for v in variants)],  # type: ignore[misc]  # noqa: UP007
         Discriminator(kind, custom_error_type="answer_shape", custom_error_message=(
