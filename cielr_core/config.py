@@ -173,32 +173,18 @@ class ReasoningConfig(Section):
     max_text_chars: int = Field(
         default=400, ge=8,
         description="bound on every free-text field of an LLM answer (reasons, sub-tasks, prompts)")
-    prompt_version: str = Field(default="3", description="prompt set (2: reasoning first in every answer, "
-                                "query_objects in the decomposition, label candidates described; 3: also the "
-                                "operations move, resize, transform, global and recolor with a named colour)")
+    prompt_version: str = Field(default="2", description="prompt set (2: reasoning first in every answer, "
+                                "query_objects in the decomposition, label candidates described)")
     allow_sandbox: bool = True
     sandbox: SandboxConfig = SandboxConfig()
-
-
-class LamaConfig(Section):
-    """The LaMa removal backend: a big-lama TorchScript file (local path, or a file of a hub repo in
-    the Hugging Face cache)."""
-
-    model: ModelRef = ModelRef(id="ardiantovn/big-lama")
-    filename: str = Field(default="big-lama.pt", description="the TorchScript file in the hub repo")
-    dilate_px: int = Field(default=0, ge=0, description="mask dilation for LaMa (the paper's best: none)")
-    pad_multiple: int = Field(default=8, ge=1, description="the network's stride: inputs are padded to multiples")
 
 
 class EditingConfig(Section):
     backend: Literal["diffusers", "opencv"] = "diffusers"
     model: ModelRef = ModelRef(id="stable-diffusion-v1-5/stable-diffusion-inpainting")
-    remove_backend: Literal["auto", "lama", "diffusers", "opencv"] = Field(
-        default="auto",
-        description="backend of `remove` (and of the hole a move/resize leaves); auto: LaMa when its checkpoint "
-        "is present, else the diffusers inpainter with remove_prompt, else OpenCV (the trace says which and why)",
+    remove_backend: Literal["diffusers", "opencv"] = Field(
+        default="opencv", description="backend used for `remove` steps"
     )
-    lama: LamaConfig = LamaConfig()
     steps: int = 30
     guidance_scale: float = 7.5
     strength: float = 1.0
@@ -379,7 +365,6 @@ def _tiny_profile() -> dict[str, Any]:
         "reasoning": {"max_text_chars": 16, "max_subtasks": 2},
         "editing": {
             "model": {"id": "tiny/sd-inpaint", "path": f"{md}/sd-inpaint"},
-            "lama": {"model": {"id": "tiny/lama", "path": f"{md}/lama/big-lama.pt"}},
             "steps": 2,
             "resolution": 64,
             "device": "cpu",

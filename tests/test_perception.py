@@ -781,3 +781,48 @@ def test_detect_keeps_the_top_k_queries_of_each_detection(tiny_perception_settin
     scene = p.assemble(p.segment(photo), det, None, image_sha256=SHA, width=photo.shape[1], height=photo.shape[0])
     for o in scene.ssr.objects.values():
         assert (o.label == "unknown") == (o.label_candidates == []) and len(o.label_candidates) <= 3
+
+
+# --- label recall: the vocabulary and the query set ----------------------------------------------
+def test_lvis_is_the_default_vocabulary_and_queries_add_to_it():
+    from importlib import resources
+
+    lines = resources.files("cielr_core.data").joinpath("lvis.txt").read_text(encoding="utf-8").splitlines()
+    assert len([ln for ln in lines if ln.strip() and not ln.startswith("#")]) == 1203
+    lvis = load_vocabulary("lvis")
+    assert len(lvis) == 1198 and lvis[0] == "aerosol can" and lvis[-1] == "zucchini"  # 1,203 categories
+    for name in ("speaker", "painting", "printer", "tripod", "wall clock", "alarm clock", "airplane"):
+        assert name in lvis
+    assert "aeroplane" not in lvis  # a synonym, not a query
+    assert load_vocabulary("coco")[0] == "person" and len(load_vocabulary("coco")) == 80
+    s = load_settings(profile="default")
+    assert s.perception.owlv2.vocabulary == "lvis"
+    p = Perceiver(s)
+    q = p.queries(["whiteboard", "speaker", " bird  beak "])
+    assert q[:1198] == lvis and q[1198:] == ["whiteboard", "bird beak"]  # nothing asked twice
+    prov = p.provenance()["vocabulary"]
+    assert prov["name"] == "lvis" and prov["n"] == 1198
+
+
+def test_the_vocabulary_content_enters_the_perception_digest(tmp_path):
+    from tasks import keys
+
+    f = tmp_path / "vocab.txt"
+    f.write_text("cup\nplate\n")
+    s = load_settings(profile="default", overrides={"perception": {"owlv2": {"vocabulary": str(f)}}})
+    d1, det1 = keys.perception_digest(s), keys.detect_digest(s, None)
+    f.write_text("cup\nplate\nwhiteboard\n")  # same path, new content
+    import os
+
+    os.utime(f, ns=(os.stat(f).st_atime_ns, os.stat(f).st_mtime_ns + 1_000_000))
+    d2, det2 = keys.perception_digest(s), keys.detect_digest(s, None)
+    assert d1 != d2 and det1 != det2
+    lvis, coco = (load_settings(profile="default", overrides={"perception": {"owlv2": {"vocabulary": v}}})
+                  for v in ("lvis", "coco"))
+    assert keys.perception_digest(lvis) != keys.perception_digest(coco)
+    assert keys.perception_digest(lvis) == keys.perception_digest(load_settings(profile="default"))
+    # a missing file does not break the digest (perception then fails naming the file)
+    s_missing = load_settings(profile="default", overrides={"perception": {"owlv2": {"vocabulary": str(tmp_path / "no")}}})
+    assert len(keys.perception_digest(s_missing)) == 64
+    with pytest.raises(ValueError, match="neither a built-in"):
+        Perceiver(s_missing).queries()
