@@ -106,10 +106,18 @@ class OWLv2Config(Section):
     model: ModelRef = ModelRef(id="google/owlv2-base-patch16-ensemble")
     score_threshold: float = 0.1
     nms_iou: float = 0.3
-    vocabulary: str = Field(default="coco", description="'coco', 'lvis' or a path to a text file, one query a line")
+    vocabulary: str = Field(
+        default="lvis", description="'lvis' (LVIS v1, 1,203 categories), 'coco' (80) or a path to a text file, one "
+        "query a line; its content enters the digest")
     label_candidates: int = Field(
         default=5, ge=1, description="labels kept per detection (its best queries) and per SSR object, with scores")
     max_queries_per_pass: int = Field(default=1024, json_schema_extra=NO_DIGEST)
+
+    def digest_payload(self) -> dict[str, Any]:
+        """The fields, plus the vocabulary's CONTENT: an edited vocabulary file changes the digest."""
+        from cielr_core.vocabulary import vocabulary_digest
+
+        return {**super().digest_payload(), "vocabulary_sha256": vocabulary_digest(self.vocabulary)}
 
 
 class DepthConfig(Section):
@@ -173,18 +181,32 @@ class ReasoningConfig(Section):
     max_text_chars: int = Field(
         default=400, ge=8,
         description="bound on every free-text field of an LLM answer (reasons, sub-tasks, prompts)")
-    prompt_version: str = Field(default="2", description="prompt set (2: reasoning first in every answer, "
-                                "query_objects in the decomposition, label candidates described)")
+    prompt_version: str = Field(default="3", description="prompt set (2: reasoning first in every answer, "
+                                "query_objects in the decomposition, label candidates described; 3: also the "
+                                "operations move, resize, transform, global and recolor with a named colour)")
     allow_sandbox: bool = True
     sandbox: SandboxConfig = SandboxConfig()
+
+
+class LamaConfig(Section):
+    """The LaMa removal backend: a big-lama TorchScript file (local path, or a file of a hub repo in
+    the Hugging Face cache)."""
+
+    model: ModelRef = ModelRef(id="ardiantovn/big-lama")
+    filename: str = Field(default="big-lama.pt", description="the TorchScript file in the hub repo")
+    dilate_px: int = Field(default=0, ge=0, description="mask dilation for LaMa (the paper's best: none)")
+    pad_multiple: int = Field(default=8, ge=1, description="the network's stride: inputs are padded to multiples")
 
 
 class EditingConfig(Section):
     backend: Literal["diffusers", "opencv"] = "diffusers"
     model: ModelRef = ModelRef(id="stable-diffusion-v1-5/stable-diffusion-inpainting")
-    remove_backend: Literal["diffusers", "opencv"] = Field(
-        default="opencv", description="backend used for `remove` steps"
+    remove_backend: Literal["auto", "lama", "diffusers", "opencv"] = Field(
+        default="auto",
+        description="backend of `remove` (and of the hole a move/resize leaves); auto: LaMa when its checkpoint "
+        "is present, else the diffusers inpainter with remove_prompt, else OpenCV (the trace says which and why)",
     )
+    lama: LamaConfig = LamaConfig()
     steps: int = 30
     guidance_scale: float = 7.5
     strength: float = 1.0
@@ -365,6 +387,7 @@ def _tiny_profile() -> dict[str, Any]:
         "reasoning": {"max_text_chars": 16, "max_subtasks": 2},
         "editing": {
             "model": {"id": "tiny/sd-inpaint", "path": f"{md}/sd-inpaint"},
+            "lama": {"model": {"id": "tiny/lama", "path": f"{md}/lama/big-lama.pt"}},
             "steps": 2,
             "resolution": 64,
             "device": "cpu",
