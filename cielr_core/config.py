@@ -198,6 +198,20 @@ class LamaConfig(Section):
     pad_multiple: int = Field(default=8, ge=1, description="the network's stride: inputs are padded to multiples")
 
 
+class InstructConfig(Section):
+    """The instruction-editing backend of ``global`` and ``transform`` steps: a diffusers pipeline by
+    model id or local path (InstructPix2Pix, FLUX.1 Kontext, Qwen-Image-Edit, their inpaint variants)."""
+
+    model: ModelRef = ModelRef(id="timbrooks/instruct-pix2pix")
+    pipeline_class: str | None = Field(
+        default=None, description="diffusers class name (default: the model's model_index.json), e.g. "
+        "FluxKontextInpaintPipeline or QwenImageEditInpaintPipeline for mask-bounded edits")
+    steps: int = 20
+    guidance_scale: float = 7.5
+    image_guidance_scale: float = Field(default=1.5, description="InstructPix2Pix: adherence to the input image")
+    resolution: int = 512
+
+
 class EditingConfig(Section):
     backend: Literal["diffusers", "opencv"] = "diffusers"
     model: ModelRef = ModelRef(id="stable-diffusion-v1-5/stable-diffusion-inpainting")
@@ -207,6 +221,7 @@ class EditingConfig(Section):
         "is present, else the diffusers inpainter with remove_prompt, else OpenCV (the trace says which and why)",
     )
     lama: LamaConfig = LamaConfig()
+    instruct: InstructConfig = InstructConfig()
     steps: int = 30
     guidance_scale: float = 7.5
     strength: float = 1.0
@@ -388,6 +403,7 @@ def _tiny_profile() -> dict[str, Any]:
         "editing": {
             "model": {"id": "tiny/sd-inpaint", "path": f"{md}/sd-inpaint"},
             "lama": {"model": {"id": "tiny/lama", "path": f"{md}/lama/big-lama.pt"}},
+            "instruct": {"model": {"id": "tiny/ip2p", "path": f"{md}/ip2p"}, "steps": 2, "resolution": 64},
             "steps": 2,
             "resolution": 64,
             "device": "cpu",

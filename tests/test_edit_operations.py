@@ -414,3 +414,62 @@ def test_prompt_set_2_keeps_the_old_operations():
     step, _ = _reason({"reason": "r", "status": "ok", "operation": "recolor", "target_ids": [0], "prompt": "a red cup"},
                       prompt_version="2")
     assert step.operation == "recolor" and step.color is None
+
+
+# -- instruction editing: global and transform -------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_ip2p_settings(session_tmp):
+    from conftest import tiny_family
+
+    from cielr_core.config import load_settings
+
+    tiny_family(session_tmp, "ip2p")
+    return load_settings(profile="tiny", overrides={"models_dir": str(session_tmp / "models")})
+
+
+def test_global_step_through_a_tiny_instruct_pix2pix_reports_preservation(tiny_ip2p_settings):
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    from cielr_core import models as registry
+    from cielr_core.editing.instruct import make_instruct_editor
+
+    ed = make_instruct_editor(tiny_ip2p_settings)
+    assert type(ed.pipeline()) is StableDiffusionInstructPix2PixPipeline  # from_pretrained, the real class
+    assert ed.pipeline().unet.config.in_channels == 8
+    loads = registry.stats().get("instruct", 0)
+    rgb, _ = textured_object_image(7)
+    step = EditStep(subtask="night", operation="global", prompt="show the room at night")
+    r = execute_step(rgb, step, None, tiny_ip2p_settings, seed=2)
+    assert not r.skipped and r.backend == "instruct/tiny/ip2p" and r.prompt == "show the room at night"
+    assert r.image.shape == rgb.shape and r.mask.all()
+    p = r.detail["preservation"]
+    assert p["guaranteed"] is False and 0.0 <= p["changed_fraction"] <= 1.0 and p["mean_abs_diff"] > 0
+    assert registry.stats().get("instruct", 0) == loads  # loaded once per process
+    again = execute_step(rgb, step, None, tiny_ip2p_settings, seed=2)
+    assert np.array_equal(again.image, r.image)
+
+
+def test_transform_is_bounded_by_the_dilated_mask(tiny_ip2p_settings):
+    rgb, obj = textured_object_image(8)
+    step = EditStep(subtask="rot", operation="transform", target_ids=[1], prompt="make it rotten")
+    r = execute_step(rgb, step, scene_of({1: obj}), tiny_ip2p_settings, seed=0)
+    assert r.backend == "instruct/tiny/ip2p" and r.detail["preservation"]["guaranteed"] is True
+    assert np.array_equal(r.mask, M.dilate(obj, tiny_ip2p_settings.editing.dilate_px))
+    assert np.array_equal(r.image[~r.mask], rgb[~r.mask])
+    assert (r.image[obj] != rgb[obj]).any()
+
+
+def test_global_needs_an_instruction_and_no_targets():
+    with pytest.raises(ValueError, match="takes no target_ids"):
+        EditStep(subtask="x", operation="global", target_ids=[1], prompt="night")
+    with pytest.raises(ValueError, match="needs the instruction"):
+        EditStep(subtask="x", operation="global")
+
+
+def test_missing_instruct_model_names_the_way_out(tmp_path):
+    from cielr_core.editing.instruct import make_instruct_editor
+    from cielr_core.models import ModelUnavailableError
+
+    cfg = EditingConfig(instruct={"model": {"id": "x/ip2p", "path": str(tmp_path / "absent")}})
+    with pytest.raises(ModelUnavailableError, match="CIELR_EDITING__INSTRUCT__MODEL__PATH"):
+        make_instruct_editor(cfg)

@@ -13,6 +13,10 @@ Operations and their defaults (``EditingConfig``):
   step's detail says which ran and why the others were passed over;
 * ``move`` / ``resize`` -- cut, (scaled) paste, the hole filled by the removal backend
   (:mod:`.relocate`);
+* ``transform`` -- the instruction-editing backend (``editing.instruct``, :mod:`.instruct`) on the
+  crop around the targets, composited inside their dilated mask (preservation guaranteed);
+* ``global`` -- the instruction-editing backend on the whole image; the mask is the whole image and
+  the step's detail reports how much changed (``preservation``; nothing is guaranteed);
 * ``replace`` -- backend ``backend``; the step's prompt describes the new object;
 * ``add``     -- backend ``backend``; the mask is the placement region (:mod:`.placement`);
 * ``recolor`` -- ``recolor_mode`` ``chroma`` (default): the object's hue and chroma are shifted in
@@ -46,6 +50,7 @@ from cielr_core.ssr import Scene
 from .color import color_names, find_color, recolor
 from .errors import EditingError
 from .inpainters import Inpainter, editing_config, make_inpainter
+from .instruct import make_instruct_editor, preservation_report
 from .placement import placement_mask
 from .prep import check_mask_size, check_rgb, composite, crop_box, feather_alpha
 from .relocate import cut_and_scale, feathered, move_box, paste, resize_box
@@ -91,6 +96,8 @@ def step_mask(step: EditStep, scene: Scene | None, shape: tuple[int, ...], setti
     h, w = int(shape[0]), int(shape[1])
     if step.status != "ok" or step.operation is None:
         return np.zeros((h, w), dtype=bool)
+    if step.operation == "global":
+        return np.ones((h, w), dtype=bool)
     if scene is not None and (scene.ssr.width, scene.ssr.height) != (w, h):
         raise EditingError(
             f"the scene's masks are {scene.ssr.width}x{scene.ssr.height} (WxH) but the image is {w}x{h}; "
@@ -218,6 +225,24 @@ def execute_step(
             return r
         detail["recolor"] = ("no colour named in the step (prompt, sub-task); regenerated with the inpainter "
                              f"instead (known colours: {', '.join(color_names())}, or #rrggbb)")
+    if step.operation in ("global", "transform"):
+        editor = inpainter if inpainter is not None else make_instruct_editor(settings)
+        if step.operation == "global":
+            if hasattr(editor, "edit"):
+                image = editor.edit(rgb, step.prompt, seed=seed, negative_prompt=cfg.negative_prompt)
+            else:
+                image = np.asarray(editor.inpaint(rgb, core, prompt=step.prompt, negative_prompt=cfg.negative_prompt,
+                                                  seed=seed))
+            image = check_rgb(image)
+            if image.shape != rgb.shape:
+                raise EditingError(f"{editor.name} returned {image.shape} for a {rgb.shape} image")
+            return StepResult(image, core, False, editor.name, None, "global", step.prompt, (0, 0, W, H),
+                              time.perf_counter() - t0, {"preservation": preservation_report(rgb, image)})
+        image, allowed, box = inpaint_region(rgb, core, editor, settings, prompt=step.prompt,
+                                             negative_prompt=cfg.negative_prompt, seed=seed)
+        return StepResult(image, allowed, False, editor.name, None, "transform", step.prompt, box,
+                          time.perf_counter() - t0,
+                          {"preservation": {"guaranteed": True, "bounded_by": "the dilated mask of the targets"}})
     if step.operation in ("move", "resize"):
         r = _relocate_step(rgb, core, step, scene, settings, cfg, seed, inpainter)
         r.seconds = time.perf_counter() - t0

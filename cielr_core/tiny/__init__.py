@@ -20,6 +20,7 @@ FAMILIES: dict[str, str] = {
     "qwen2": "llm",
     "sd-inpaint": "inpaint",
     "lama": "lama",
+    "ip2p": "ip2p",
     "clip": "clip",
     "dino": "dino",
 }

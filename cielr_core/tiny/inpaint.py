@@ -26,15 +26,23 @@ def write_tokenizer(out_dir: Path) -> int:
     return len(write_clip_vocab(out_dir))
 
 def make(out_dir: Path, seed: int) -> None:
+    from diffusers import StableDiffusionInpaintPipeline
+
+    write_sd_pipeline(out_dir, seed, StableDiffusionInpaintPipeline, in_channels=9)
+
+
+def write_sd_pipeline(out_dir: Path, seed: int, pipeline_class, in_channels: int) -> None:
+    """Write a toy SD-architecture pipeline of ``pipeline_class`` whose UNet takes ``in_channels``
+    (9 for inpainting, 8 for InstructPix2Pix: noisy latents + the input image's latents)."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     out_dir = Path(out_dir)
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=8,
-        in_channels=9,
+        in_channels=in_channels,
         out_channels=4,
         layers_per_block=1,
         block_out_channels=(32, 64),
@@ -82,7 +90,7 @@ def make(out_dir: Path, seed: int) -> None:
         set_alpha_to_one=False,
         steps_offset=1,
     )
-    pipe = StableDiffusionInpaintPipeline(
+    pipe = pipeline_class(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
