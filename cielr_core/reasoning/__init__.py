@@ -12,16 +12,24 @@ from cielr_core.reasoning.llm import (
     parse_answer,
 )
 from cielr_core.reasoning.loop import Reasoner
-from cielr_core.reasoning.sandbox import SandboxError, SandboxRefused, check_code, run_code
+from cielr_core.reasoning.sandbox import (
+    SandboxError,
+    SandboxRefused,
+    SandboxUnavailable,
+    check_code,
+    run_code,
+    sandbox_status,
+)
 from cielr_core.reasoning.spatial import builtin_relations
 from cielr_core.reasoning.trace import Trace
 
 # Bump when the loop's logic changes what a given config produces (enters the reasoning digest
 # with the prompt version from the config).
-REASONING_CODE_VERSION = "1"
+REASONING_CODE_VERSION = "2"  # 2: spatial code only behind the OS sandbox; refused code no longer fails the image
 
 __all__ = [
     "LLM", "LLMCall", "LLMError", "AnswerParseError", "InvalidAnswerError", "make_llm", "parse_answer",
-    "grammar_schema", "Reasoner", "Trace", "SandboxError", "SandboxRefused", "check_code", "run_code",
+    "grammar_schema", "Reasoner", "Trace", "SandboxError", "SandboxRefused", "SandboxUnavailable", "check_code",
+    "run_code", "sandbox_status",
     "builtin_relations", "REASONING_CODE_VERSION",
 ]

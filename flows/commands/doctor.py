@@ -36,7 +36,7 @@ def model_present(s, ref) -> tuple[bool, str]:
 def register(app: typer.Typer) -> None:
     @app.command("doctor")
     def doctor(profile: Optional[str] = ProfileOpt, config_file: Optional[str] = ConfigFileOpt) -> None:
-        """Check GPU, model weights, the store and the Prefect API."""
+        """Check GPU, model weights, the spatial-code sandbox, the store and the Prefect API."""
         s = settings_or_exit(profile, config_file)
         problems = 0
 
@@ -62,6 +62,20 @@ def register(app: typer.Typer) -> None:
             fix = ("cielr models tiny" if s.profile == "tiny" else
                    f"huggingface-cli download {ref.id} (where a hub is reachable), or set its path in the config")
             report(ok, f"{name} weights: {source}" + ("" if ok else " not found"), fix)
+        from cielr_core.reasoning.sandbox import sandbox_status
+
+        sb = sandbox_status(s.reasoning.sandbox)
+        if not s.reasoning.allow_sandbox:
+            report(True, "sandbox: LLM-written spatial code is disabled (reasoning.allow_sandbox = false)")
+        elif sb.mode == "os":
+            report(True, f"sandbox: OS isolation for LLM-written spatial code ({sb.detail})")
+        elif sb.mode == "python-only":
+            report(False, f"sandbox: {sb.detail}", "install bubblewrap and libseccomp2 for the OS layer",
+                   warn_only=True)
+        else:
+            report(False, f"sandbox: {sb.detail}",
+                   "apt-get install bubblewrap libseccomp2 (in a container: allow namespaces, see docs/security.md); "
+                   "built-in spatial relations still work", warn_only=True)
         from storage import ArtifactStore, StoreError
 
         try:
