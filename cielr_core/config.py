@@ -212,6 +212,17 @@ class InstructConfig(Section):
     resolution: int = 512
 
 
+class VerifyConfig(Section):
+    """Checked results: a judge looks at every step's edit; rejected edits are retried, then re-planned once."""
+
+    enabled: bool = Field(default=True, description="check each step's edit (off in the tiny profile)")
+    judge: Literal["auto", "vlm", "clip"] = Field(
+        default="auto", description="auto: the VLM (eval.vlm) when its endpoint is configured, else CLIP (eval.clip)")
+    clip_threshold: float = Field(default=0.2, description="CLIP cosine of the edited region to the step's prompt")
+    replan: bool = Field(default=True, description="after max_attempts rejections, re-plan the step once with the "
+                         "judge's reason")
+
+
 class EditingConfig(Section):
     backend: Literal["diffusers", "opencv"] = "diffusers"
     model: ModelRef = ModelRef(id="stable-diffusion-v1-5/stable-diffusion-inpainting")
@@ -222,6 +233,8 @@ class EditingConfig(Section):
     )
     lama: LamaConfig = LamaConfig()
     instruct: InstructConfig = InstructConfig()
+    verify: VerifyConfig = VerifyConfig()
+    max_attempts: int = Field(default=2, ge=1, le=8, description="attempts (seeds) per step before a re-plan")
     steps: int = 30
     guidance_scale: float = 7.5
     strength: float = 1.0
@@ -404,6 +417,7 @@ def _tiny_profile() -> dict[str, Any]:
             "model": {"id": "tiny/sd-inpaint", "path": f"{md}/sd-inpaint"},
             "lama": {"model": {"id": "tiny/lama", "path": f"{md}/lama/big-lama.pt"}},
             "instruct": {"model": {"id": "tiny/ip2p", "path": f"{md}/ip2p"}, "steps": 2, "resolution": 64},
+            "verify": {"enabled": False},
             "steps": 2,
             "resolution": 64,
             "device": "cpu",

@@ -473,3 +473,80 @@ def test_missing_instruct_model_names_the_way_out(tmp_path):
     cfg = EditingConfig(instruct={"model": {"id": "x/ip2p", "path": str(tmp_path / "absent")}})
     with pytest.raises(ModelUnavailableError, match="CIELR_EDITING__INSTRUCT__MODEL__PATH"):
         make_instruct_editor(cfg)
+
+
+# -- verify, then retry ------------------------------------------------------------------------
+class RejectsFirstAttemptJudge:
+    """Test double for the Judge protocol: rejects the first ``n_reject`` edits it sees (with a
+    reason), accepts the rest, and records what it was shown."""
+
+    name = "test-double/rejects-first"
+
+    def __init__(self, n_reject: int = 1):
+        self.n_reject = n_reject
+        self.seen: list[tuple[str, np.ndarray]] = []
+
+    def judge(self, before, after, mask, step, labels):
+        from cielr_core.editing.verify import Verdict
+
+        self.seen.append((step.operation, after.copy()))
+        if len(self.seen) <= self.n_reject:
+            return Verdict(False, f"attempt {len(self.seen)}: the region does not show {step.prompt!r}", self.name, 0.1)
+        return Verdict(True, "the region shows it", self.name, 0.9)
+
+
+def test_a_rejected_attempt_is_retried_with_another_seed_and_both_verdicts_are_kept(tiny_ip2p_settings):
+    from cielr_core.editing.verify import Judge, execute_verified
+
+    judge = RejectsFirstAttemptJudge()
+    assert isinstance(judge, Judge)
+    rgb, obj = textured_object_image(9)
+    step = EditStep(subtask="rot", operation="transform", target_ids=[1], prompt="make it rotten")
+    v = execute_verified(rgb, step, scene_of({1: obj}), tiny_ip2p_settings, seed=5, judge=judge)
+    assert v.verified is True and not v.replanned
+    assert [a["seed"] for a in v.attempts] == [5, 6]
+    assert [a["verdict"]["ok"] for a in v.attempts] == [False, True]
+    assert "does not show" in v.attempts[0]["verdict"]["reason"] and v.attempts[0]["verdict"]["judge"] == judge.name
+    assert not np.array_equal(judge.seen[0][1], judge.seen[1][1])  # another seed, another edit
+    assert np.array_equal(v.result.image, judge.seen[1][1])  # the accepted one is the result
+
+
+def test_deterministic_rejections_stop_early_then_one_re_plan_with_the_judge_reason():
+    from cielr_core.editing.verify import execute_verified
+
+    rgb, obj = textured_object_image(10)
+    sc = scene_of({1: obj})
+    step = EditStep(subtask="make it red", operation="recolor", target_ids=[1], prompt="a red mug")
+    asked = []
+
+    def replan(old, reason):
+        asked.append((old.operation, reason))
+        return EditStep(subtask=old.subtask, operation="recolor", target_ids=[1], color="dark red", prompt="x")
+
+    cfg = EditingConfig(max_attempts=3)
+    v = execute_verified(rgb, step, sc, cfg, judge=RejectsFirstAttemptJudge(n_reject=1), replan=replan)
+    assert v.verified is True and v.replanned and v.step.color == "dark red"
+    assert asked == [("recolor", "attempt 1: the region does not show 'a red mug'")]
+    assert [a.get("verdict") and a["verdict"]["ok"] for a in v.attempts] == [False, None, True]
+    assert "deterministic" in v.attempts[1]["note"] and v.attempts[2]["replanned"] is True
+    never = execute_verified(rgb, step, sc, cfg, judge=RejectsFirstAttemptJudge(n_reject=99))
+    assert never.verified is False and "no re-plan" in never.note
+    skipped = execute_verified(rgb, EditStep(subtask="x", status="no_target", reason="none"), sc, cfg,
+                               judge=RejectsFirstAttemptJudge())
+    assert skipped.verified is None and skipped.attempts == []
+
+
+def test_clip_judge_scores_the_region_against_the_prompt(tiny_models_dir):
+    from cielr_core.config import load_settings
+    from cielr_core.editing.verify import ClipJudge, make_judge
+
+    s = load_settings(profile="tiny", overrides={"models_dir": str(tiny_models_dir)})
+    judge = make_judge(s)  # auto with no VLM endpoint: CLIP
+    assert isinstance(judge, ClipJudge) and judge.name == "clip/tiny/clip"
+    rgb, obj = textured_object_image(11)
+    step = EditStep(subtask="x", operation="replace", target_ids=[1], prompt="an orange")
+    v = judge.judge(rgb, rgb, obj, step, ["mug"])
+    assert isinstance(v.score, float) and v.ok == (v.score >= s.editing.verify.clip_threshold)
+    assert "an orange" in v.reason
+    rm = judge.judge(rgb, rgb, obj, EditStep(subtask="x", operation="remove", target_ids=[1]), ["mug"])
+    assert rm.ok is False and "still shows" in rm.reason  # nothing changed: the object is as similar as before
