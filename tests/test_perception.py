@@ -380,7 +380,8 @@ def test_generator_settings_come_from_config_with_overrides_on_top(tiny_percepti
     g = generator_settings(cfg)
     assert g["points_per_side"] == cfg.points_per_side and g["crop_n_layers"] == cfg.crop_n_layers
     assert set(g) == {"points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
-                      "stability_score_offset", "crop_n_layers", "box_nms_thresh", "min_mask_region_area", "use_m2m"}
+                      "stability_score_offset", "crop_n_layers", "crop_n_points_downscale_factor", "box_nms_thresh",
+                      "min_mask_region_area", "use_m2m"}  # crop_n_points_downscale_factor: the paper profile sets it
     g2 = generator_settings(cfg, {"pred_iou_thresh": 0.5, "points_per_side": 2})
     assert g2["pred_iou_thresh"] == 0.5 and g2["points_per_side"] == 2 and g2["use_m2m"] == cfg.use_m2m
     with pytest.raises(ValueError, match="unknown SAM2 generator setting"):
@@ -826,3 +827,16 @@ def test_the_vocabulary_content_enters_the_perception_digest(tmp_path):
     assert len(keys.perception_digest(s_missing)) == 64
     with pytest.raises(ValueError, match="neither a built-in"):
         Perceiver(s_missing).queries()
+
+
+def test_the_papers_touching_merge_rule_stays_available():
+    """merge_rule="touching" (the paper profile) fuses touching same-label masks, as the paper does."""
+    shape = (30, 70)
+    oranges = [disc(shape, 12, 15, 10), disc(shape, 33, 15, 11), disc(shape, 55, 15, 10)]
+    det = Detections([M.bbox(m) for m in oranges], [0.8, 0.9, 0.7], ["orange"] * 3)
+    seg = SegmentResult(np.stack(oranges), [0.9] * 3)
+    fused = assemble(seg, det, None, image_sha256=SHA, width=70, height=30, merge_rule="touching")
+    assert len(fused.ssr.objects) == 1 and fused.ssr.objects[0].attributes == {"merged_from": 3}
+    assert len(assemble(seg, det, None, image_sha256=SHA, width=70, height=30).ssr.objects) == 3
+    with pytest.raises(ValueError, match="unknown merge rule"):
+        merge_groups(oranges, ["orange"] * 3, 2, rule="nearby")

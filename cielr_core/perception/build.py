@@ -20,7 +20,8 @@ Rules (exact, tested on synthetic masks):
   (:func:`cielr_core.masks.adjacent`), or of which one lies at least ``merge_inside_fraction``
   inside the other; transitively. Separate instances stay apart even when they touch (a pile of
   oranges is several oranges, each with its own box). ``unknown`` masks are never merged. A merged
-  object's score and mask_score are the maxima of its parts.
+  object's score and mask_score are the maxima of its parts. ``merge_rule="touching"`` keeps the
+  paper's rule (any same-label masks within the gap are one object) for the ``paper`` profile.
 * **Depth**: the MEDIAN of the raw depth map inside each object's mask, normalised per image as
   ``(median - min) / (max - min)`` over the whole map's finite values, so 1 = the nearest pixel of
   the image, 0 = the farthest. (Median commutes with that monotone map, so this equals the median
@@ -181,14 +182,21 @@ def match_labels(masks: Sequence[np.ndarray], det: Detections, min_iou: float, *
             for mt in match_masks(masks, det, min_iou, rule=rule, min_coverage=min_coverage)]
 
 
+MERGE_RULES = ("fragments", "touching")
+
+
 def merge_groups(masks: Sequence[np.ndarray], labels: Sequence[str], gap: int,
-                 detections: Sequence[int | None] | None = None, inside_fraction: float = 0.8) -> list[list[int]]:
+                 detections: Sequence[int | None] | None = None, inside_fraction: float = 0.8,
+                 rule: str = "fragments") -> list[list[int]]:
     """Groups of masks that are fragments of one instance: same known label and either matched to
     the same detection (``detections[i]``, None = none) and within ``gap`` px of each other, or
     one at least ``inside_fraction`` inside the other; transitively. Without ``detections`` only
-    the inside rule applies.
+    the inside rule applies. ``rule="touching"`` is the paper's rule instead: ANY two same-label
+    masks within ``gap`` px are one object (touching instances fuse).
 
     Returns groups of mask indices, each sorted, in order of their smallest index."""
+    if rule not in MERGE_RULES:
+        raise ValueError(f"unknown merge rule {rule!r}; choose one of {', '.join(MERGE_RULES)}")
     n = len(masks)
     parent = list(range(n))
     flat = [M.as_bool(m).reshape(-1) for m in masks]
@@ -206,8 +214,8 @@ def merge_groups(masks: Sequence[np.ndarray], labels: Sequence[str], gap: int,
         for j in range(i + 1, n):
             if labels[j] != labels[i] or find(i) == find(j):
                 continue
-            same_det = (detections is not None and detections[i] is not None
-                        and detections[i] == detections[j])
+            same_det = rule == "touching" or (detections is not None and detections[i] is not None
+                                               and detections[i] == detections[j])
             if same_det and M.adjacent(masks[i], masks[j], gap):
                 parent[find(j)] = find(i)
                 continue
@@ -274,6 +282,7 @@ def assemble(
     match_min_coverage: float = 0.5,
     merge_inside_fraction: float = 0.8,
     label_candidates: int = 5,
+    merge_rule: str = "fragments",
 ) -> Scene:
     if len(seg) and seg.shape != (height, width):
         raise ValueError(f"masks are {seg.shape[1]}x{seg.shape[0]} but the image is {width}x{height}")
@@ -281,10 +290,11 @@ def assemble(
     mask_list = [m for m, _ in raw]
     matches = match_masks(mask_list, det, match_min_iou, rule=match_rule, min_coverage=match_min_coverage,
                           top_k=label_candidates)
-    matches = complete_fragments(mask_list, matches, det, merge_gap_px)
+    if merge_rule == "fragments":
+        matches = complete_fragments(mask_list, matches, det, merge_gap_px)
     labels = [mt.label for mt in matches]
     groups = merge_groups(mask_list, labels, merge_gap_px, [mt.detection for mt in matches],
-                          inside_fraction=merge_inside_fraction)
+                          inside_fraction=merge_inside_fraction, rule=merge_rule)
     merged: list[dict[str, Any]] = []
     for g in groups:
         cands: dict[str, float] = {}

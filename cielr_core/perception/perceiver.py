@@ -172,7 +172,7 @@ class Perceiver:
             match_min_iou=self.cfg.match_min_iou, merge_gap_px=self.cfg.merge_gap_px,
             min_object_area=self.cfg.min_object_area, match_rule=self.cfg.match_rule,
             match_min_coverage=self.cfg.match_min_coverage, merge_inside_fraction=self.cfg.merge_inside_fraction,
-            label_candidates=self.cfg.owlv2.label_candidates,
+            label_candidates=self.cfg.owlv2.label_candidates, merge_rule=self.cfg.merge_rule,
         )
 
     def perceive(

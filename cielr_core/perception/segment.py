@@ -19,6 +19,7 @@ GENERATOR_FIELDS = (
     "stability_score_thresh",
     "stability_score_offset",
     "crop_n_layers",
+    "crop_n_points_downscale_factor",
     "box_nms_thresh",
     "min_mask_region_area",
     "use_m2m",
