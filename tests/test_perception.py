@@ -638,7 +638,7 @@ def test_semantic_update_recomputes_builtin_relations_never_carries_them():
     boxes = [M.bbox(m) for m in fruit]
     p = ScriptedModelsPerceiver(detections=Detections(boxes, [0.9, 0.8, 0.7], ["orange", "lemon", "lemon"]))
     rgb = np.zeros((*shape, 3), np.uint8)
-    up = p.update_semantic(rgb, scene, ["orange", "lemon"])
+    up = p.update_semantic(rgb, scene, ["ripe orange", "yellow lemon"])
     objs = up.ssr.objects
     assert [objs[i].label for i in (0, 1, 2)] == ["orange", "lemon", "lemon"]  # ids kept: masks unchanged
     assert objs[0].attributes["label_count"] == 1
@@ -649,7 +649,7 @@ def test_semantic_update_recomputes_builtin_relations_never_carries_them():
     assert builtin_disagreements(up) == []
     # a scene that never had built-ins gets none from an update (nothing to disagree with)
     plain = _scene({0: fruit[0], 1: fruit[1]}, {0: "unknown", 1: "unknown"})
-    up2 = p.update_semantic(rgb, plain, ["orange"])
+    up2 = p.update_semantic(rgb, plain, ["ripe orange"])
     assert all("label_count" not in o.attributes for o in up2.ssr.objects.values())
 
 
@@ -840,3 +840,18 @@ def test_the_papers_touching_merge_rule_stays_available():
     assert len(assemble(seg, det, None, image_sha256=SHA, width=70, height=30).ssr.objects) == 3
     with pytest.raises(ValueError, match="unknown merge rule"):
         merge_groups(oranges, ["orange"] * 3, 2, rule="nearby")
+
+
+def test_update_semantic_with_nothing_new_returns_the_scene_itself():
+    """Queries the scene's query set already holds (vocabulary words, earlier extras) and no SAM2
+    change: no detector pass, no new version."""
+    shape = (20, 40)
+    scene = _scene({0: rect(shape, 0, 0, 10, 10)}, {0: "unknown"})
+    p = ScriptedModelsPerceiver(detections=Detections([[0, 0, 10, 10]], [0.9], ["whiteboard"]))
+    rgb = np.zeros((*shape, 3), np.uint8)
+    assert p.update_semantic(rgb, scene, ["orange", "wall clock"]) is scene  # both in LVIS
+    assert p.detect_queries == []
+    up = p.update_semantic(rgb, scene, ["whiteboard", "orange"])
+    assert up is not scene and up.ssr.objects[0].label == "whiteboard" and up.ssr.version == 1
+    assert p.detect_queries[-1][-1] == "whiteboard"
+    assert p.update_semantic(rgb, up, ["whiteboard"]) is up  # asked before: in the scene's query set

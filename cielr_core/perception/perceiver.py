@@ -208,13 +208,17 @@ class Perceiver:
         """Version i+1 of ``scene``: re-detect with the extra queries added (to those of earlier
         updates) and re-match; with ``sam2_overrides``, re-segment with the adjusted generator
         settings first, else re-label the scene's own object masks. Objects whose mask did not
-        change keep their ids (and attributes); new ones get fresh ids."""
+        change keep their ids (and attributes); new ones get fresh ids. With no query that the
+        scene's query set lacks and no SAM2 change there is nothing to do: ``scene`` itself is
+        returned (no new version)."""
         rgb = _check_rgb(rgb)
         h, w = rgb.shape[:2]
         if (h, w) != (scene.ssr.height, scene.ssr.width):
             raise ValueError(f"image is {w}x{h} but the SSR describes {scene.ssr.width}x{scene.ssr.height}")
         old_prov = scene.ssr.provenance or {}
         queries = merge_queries(old_prov.get("extra_queries", []), extra_queries)
+        if not sam2_overrides and not set(self.queries(queries)) - set(self.queries(old_prov.get("extra_queries", []))):
+            return scene
         if sam2_overrides:
             seg = self.segment(rgb, sam2_overrides)
         else:
