@@ -12,7 +12,18 @@
   for ``add``, a placement — or ``no_target`` with a reason.
 
 Every answer is validated; an invalid one is re-asked with the validation error appended
-(``reasoning.max_invalid_retries`` times), then :class:`InvalidAnswerError` fails the image.
+(``reasoning.max_invalid_retries`` times). Only the final ``reason`` answer is required: when it
+stays invalid, :class:`InvalidAnswerError` fails the image. The other calls refine: a
+decomposition that stays invalid falls back to the instruction as one sub-task, an assessment or
+spatial code that stays invalid ends the update chain, and the loop reasons with the SSR it has
+(the trace records each as ``optional step failed``).
+
+The query set: the decomposition also names the instruction's objects (``query_objects``); each
+sub-task first asks perception for those the SSR's query set lacks (a ``semantic-instruction``
+update), and the trace records the whole query set (vocabulary + added queries) whenever it
+changes. Built-in relations are recomputed after every semantic update (never carried stale), and
+``finer`` / ``coarser`` move one step per request from the SSR's current segmentation
+(:mod:`.presets`).
 Mode ``single_pass`` (the paper's ablation) reasons on the input SSR with no assess/update chain.
 Multi-step edits: ``plan`` reasons every sub-task on the given image, carrying the SSR forward;
 the pipeline instead perceives step j on the image step j-1 produced and calls ``plan_step``.
@@ -20,6 +31,7 @@ the pipeline instead perceives step j on the image step j-1 produced and calls `
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -27,6 +39,7 @@ from pydantic import BaseModel, ValidationError
 
 from cielr_core.editing.color import color_names
 from cielr_core.plan import EditPlan, EditStep, Placement
+from cielr_core.reasoning import presets
 from cielr_core.reasoning.llm import (
     LLM,
     AnswerParseError,
@@ -48,7 +61,9 @@ from cielr_core.reasoning.schemas import (
 )
 from cielr_core.reasoning.spatial import BUILTIN_RELATIONS_VERSION, builtin_relations, with_attributes
 from cielr_core.reasoning.trace import Trace
+from cielr_core.relations import has_builtin, refresh_builtin
 from cielr_core.ssr import SSR, Scene
+from cielr_core.vocabulary import load_vocabulary, merge_queries
 
 # update_semantic(rgb, scene, extra_queries, sam2_overrides=None) -> Scene
 Updater = Callable[..., Scene]
@@ -65,6 +80,8 @@ class Reasoner:
         self.trace = trace if trace is not None else Trace()
         self.trace.redact(*_secrets(settings))
         self.prompts = Prompts(self.cfg.prompt_version)
+        self.query_objects: list[str] = []  # from the last decomposition
+        self._recorded_query_sets: set[tuple] = set()
 
     # -- one validated call -----------------------------------------------------------------------
     def _ask(self, call_name: str, messages: list[dict], schema: type[BaseModel], *,
@@ -110,18 +127,70 @@ class Reasoner:
         msgs = self.prompts.messages("decompose", instruction=instruction, ssr=scene.ssr.llm_view(),
                                      max_subtasks=self.cfg.max_subtasks)
 
-        def convert(a: Any) -> list[str]:
+        def convert(a: Any) -> tuple[list[str], list[str]]:
             subs = [" ".join(s.split()) for s in a.subtasks]
             subs = [s for s in subs if s]
             if not subs:
                 raise ValueError("subtasks: give at least one non-empty sub-task")
-            return subs
+            return subs, merge_queries(getattr(a, "query_objects", None) or [])
 
-        return self._ask("decompose", msgs, decomposition_schema(self.cfg.max_subtasks, self.cfg.max_text_chars), convert=convert)
+        try:
+            subs, self.query_objects = self._ask(
+                "decompose", msgs, decomposition_schema(self.cfg.max_subtasks, self.cfg.max_text_chars), convert=convert)
+        except InvalidAnswerError as e:
+            self._optional_failed(e)
+            self.query_objects = []
+            return [" ".join(instruction.split()) or instruction]
+        if self.query_objects:
+            self.trace.note("instruction objects", query_objects=self.query_objects)
+        return subs
+
+    def _optional_failed(self, e: InvalidAnswerError, subtask: str | None = None) -> None:
+        self.trace.note("optional step failed", subtask=subtask, call_name=e.call_name, error=e.error,
+                        attempts=e.attempts)
+
+    def _record_query_set(self, scene: Scene, subtask: str | None) -> None:
+        """The detector queries behind ``scene`` (vocabulary + added queries), once per distinct set."""
+        prov = scene.ssr.provenance or {}
+        extra = list(prov.get("extra_queries") or [])
+        spec = self.settings.perception.owlv2.vocabulary
+        vocab = dict(prov.get("vocabulary") or {"name": spec})
+        key = (json.dumps(vocab, sort_keys=True, default=str), tuple(extra))
+        if key in self._recorded_query_sets:
+            return
+        self._recorded_query_sets.add(key)
+        try:
+            words = load_vocabulary(spec)
+        except ValueError as e:  # an SSR read back without its vocabulary file: record what is known
+            words, vocab["error"] = [], str(e)
+        self.trace.note("query set", subtask=subtask, version=scene.ssr.version, vocabulary=vocab,
+                        extra_queries=extra, queries=merge_queries(words, extra))
+
+    def _instruction_queries(self, objects: list[str], rgb: np.ndarray | None, scene: Scene,
+                             subtask: str) -> Scene:
+        """Ask perception for the instruction's objects (a semantic update that re-labels the SSR's
+        masks) unless the SSR's query set has them all already (the updater then returns ``scene``)."""
+        if self.updater is None or rgb is None:
+            self.trace.note("instruction objects not queried", subtask=subtask,
+                            why="no perception updater" if self.updater is None else "no image")
+            return scene
+        new = self.updater(rgb, scene, objects, sam2_overrides=None)
+        if new is scene:
+            return scene
+        scene = _as_next(scene, new, "semantic-instruction", {"queries": objects})
+        self.trace.ssr(scene, reason="semantic-instruction", subtask=subtask, detail={"queries": objects})
+        return scene
 
     # -- one sub-task -------------------------------------------------------------------------
-    def plan_step(self, subtask: str, instruction: str, rgb: Optional[np.ndarray], scene: Scene) -> tuple[EditStep, Scene]:
+    def plan_step(self, subtask: str, instruction: str, rgb: np.ndarray | None, scene: Scene,
+                  query_objects: list[str] | None = None) -> tuple[EditStep, Scene]:
+        """Assess / update / reason one sub-task. ``query_objects``: the instruction's objects
+        (default: those of this Reasoner's last decomposition) join the query set first."""
         self.trace.ssr(scene, reason="input", subtask=subtask)
+        objects = self.query_objects if query_objects is None else merge_queries(query_objects)
+        if objects:
+            scene = self._instruction_queries(objects, rgb, scene, subtask)
+        self._record_query_set(scene, subtask)
         if self.cfg.mode == "full":
             scene = self._update_chain(subtask, instruction, rgb, scene)
         else:
@@ -157,7 +226,12 @@ class Reasoner:
                 "assess", instruction=instruction, subtask=subtask, version=ssr.version, ssr=ssr.llm_view(),
                 history="\n".join(f"- {h}" for h in history) or "- none yet",
             )
-            a: Assessment = self._ask("assess", msgs, assessment_schema(self.cfg.max_text_chars), subtask=subtask)
+            try:
+                a: Assessment = self._ask("assess", msgs, assessment_schema(self.cfg.max_text_chars), subtask=subtask)
+            except InvalidAnswerError as e:  # the check only refines: reason with the SSR we have
+                self._optional_failed(e, subtask)
+                history.append(f"the sufficiency check gave no valid answer ({e.error})")
+                break
             if a.need == "none":
                 self.trace.note("sufficient", subtask=subtask, iteration=it)
                 return scene
@@ -168,17 +242,32 @@ class Reasoner:
                     self.trace.note("semantic update unavailable", subtask=subtask, why=why)
                     break
                 queries = list(dict.fromkeys(q.strip() for q in a.queries if q.strip()))
-                overrides = self._sam2_overrides(a.segmentation)
+                level = presets.current_level(ssr.provenance)
+                new_level = presets.next_level(level, a.segmentation, self.cfg.max_segmentation_steps)
+                overrides = (None if new_level is None
+                             else presets.overrides_for_level(self.settings.perception.sam2, new_level))
+                if a.segmentation != "keep" and new_level is None:
+                    bound = "finest" if a.segmentation == "finer" else "coarsest"
+                    history.append(f"segmentation is already the {bound} allowed "
+                                   f"({self.cfg.max_segmentation_steps} step(s) from the configured settings): "
+                                   "not changed")
+                    self.trace.note("segmentation bound reached", subtask=subtask, level=level,
+                                    request=a.segmentation, max_segmentation_steps=self.cfg.max_segmentation_steps)
                 if not queries and not overrides:
                     history.append("semantic update asked for, but with no queries and no segmentation change: "
                                    "nothing was done")
                     continue
                 before = len(ssr.objects)
                 new = self.updater(rgb, scene, queries, sam2_overrides=overrides)
-                scene = _as_next(scene, new, "semantic", {"queries": queries, "sam2_overrides": overrides})
+                if new is scene:
+                    history.append(f"queries {queries} are all in the query set already: nothing new to detect")
+                    continue
+                scene = _as_next(scene, new, "semantic", {"queries": queries, "sam2_overrides": overrides},
+                                 level=new_level)
                 builtin_done = _has_builtin(scene.ssr)
                 self.trace.ssr(scene, reason="semantic", subtask=subtask,
                                detail={"queries": queries, "sam2_overrides": overrides})
+                self._record_query_set(scene, subtask)
                 history.append(f"semantic update with queries {queries}"
                                + (f" and segmentation {a.segmentation}" if overrides else "")
                                + f": {before} -> {len(scene.ssr.objects)} objects")
@@ -244,18 +333,6 @@ class Reasoner:
         history.append(f"spatial code added attributes {names} to {len(res.attributes)} object(s)")
         return scene, ""
 
-    def _sam2_overrides(self, segmentation: str) -> dict[str, Any] | None:
-        if segmentation == "keep":
-            return None
-        s = self.settings.perception.sam2
-        if segmentation == "finer":
-            return {"points_per_side": s.points_per_side * 2,
-                    "pred_iou_thresh": round(max(0.0, s.pred_iou_thresh - 0.1), 4),
-                    "stability_score_thresh": round(max(0.0, s.stability_score_thresh - 0.05), 4)}
-        return {"points_per_side": max(2, s.points_per_side // 2),
-                "pred_iou_thresh": round(min(1.0, s.pred_iou_thresh + 0.1), 4),
-                "stability_score_thresh": round(min(1.0, s.stability_score_thresh + 0.03), 4)}
-
 
 def _to_step(parsed: Any, subtask: str, digest: str) -> EditStep:
     a = answer_fields(parsed)
@@ -287,24 +364,23 @@ def _has_builtin(ssr: SSR) -> bool:
     return bool(ssr.objects) and all("x_rank" in o.attributes for o in ssr.objects.values())
 
 
-def _as_next(old: Scene, new: Scene, kind: str, detail: Any) -> Scene:
-    """Make sure an updated scene is a later version in the chain, with its parent recorded."""
+def _as_next(old: Scene, new: Scene, kind: str, detail: Any, level: int | None = None) -> Scene:
+    """Make sure an updated scene is a later version in the chain, with its parent and its
+    segmentation level (``level``, else the old scene's) recorded, and its built-in relations true
+    for its objects whatever the updater copied over."""
     if not isinstance(new, Scene):
         raise TypeError(f"the perception updater returned {type(new).__name__}, not a Scene")
     data = new.ssr.model_dump(mode="python")
-    changed = False
     if new.ssr.version <= old.ssr.version:
         data["version"] = old.ssr.version + 1
-        changed = True
     prov = dict(data.get("provenance") or {})
     if "parent" not in prov:
         prov["parent"] = old.ssr.digest()
         prov.setdefault("update", {"kind": kind, "detail": detail})
-        data["provenance"] = prov
-        changed = True
-    if not changed:
-        return new
-    return Scene(ssr=SSR.model_validate(data), masks=new.masks)
+    prov[presets.LEVEL_KEY] = presets.current_level(old.ssr.provenance) if level is None else level
+    data["provenance"] = prov
+    scene = Scene(ssr=SSR.model_validate(data), masks=new.masks)
+    return refresh_builtin(scene, compute=has_builtin(old.ssr) or has_builtin(new.ssr))
 
 
 def _secrets(settings: Any) -> list:
