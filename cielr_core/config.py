@@ -185,6 +185,9 @@ class ReasoningConfig(Section):
     max_text_chars: int = Field(
         default=400, ge=8,
         description="bound on every free-text field of an LLM answer (reasons, sub-tasks, prompts)")
+    show_image: bool = Field(
+        default=False, description="give every LLM call the image with the SSR's ids drawn on it (set-of-mark); "
+        "needs a vision-language model behind an OpenAI-compatible endpoint")
     max_segmentation_steps: int = Field(
         default=2, ge=0, description="how many finer/coarser steps away from the config's SAM2 settings a sub-task "
         "may move (each request moves one step)")

@@ -61,6 +61,7 @@ from cielr_core.reasoning.schemas import (
 )
 from cielr_core.reasoning.spatial import BUILTIN_RELATIONS_VERSION, builtin_relations, with_attributes
 from cielr_core.reasoning.trace import Trace
+from cielr_core.reasoning.vision import VISION_NOTE, set_of_marks
 from cielr_core.relations import has_builtin, refresh_builtin
 from cielr_core.ssr import SSR, Scene
 from cielr_core.vocabulary import load_vocabulary, merge_queries
@@ -81,16 +82,25 @@ class Reasoner:
         self.trace.redact(*_secrets(settings))
         self.prompts = Prompts(self.cfg.prompt_version)
         self.query_objects: list[str] = []  # from the last decomposition
+        self._marks: tuple[str, np.ndarray] | None = None  # (SSR digest, set-of-mark picture)
+        self._vision_ctx: tuple[Scene, np.ndarray | None] | None = None  # the chain's current scene and image
         self._recorded_query_sets: set[tuple] = set()
 
     # -- one validated call -----------------------------------------------------------------------
     def _ask(self, call_name: str, messages: list[dict], schema: type[BaseModel], *,
-             convert: Optional[Callable[[Any], Any]] = None, subtask: Optional[str] = None) -> Any:
+             convert: Optional[Callable[[Any], Any]] = None, subtask: Optional[str] = None,
+             scene: Scene | None = None, rgb: np.ndarray | None = None) -> Any:
         attempts = int(self.cfg.max_invalid_retries) + 1
         error = ""
+        if scene is None and self._vision_ctx is not None:  # a call made deeper in the chain (spatial code)
+            scene, rgb = self._vision_ctx
+        image = self._image_for(scene, rgb)
+        if image is not None:
+            messages = [{**messages[0], "content": messages[0]["content"] + "\n" + VISION_NOTE}, *messages[1:]]
         for attempt in range(attempts):
             try:
-                call = self.llm.complete(messages, schema, call_name=call_name)
+                call = (self.llm.complete(messages, schema, call_name=call_name) if image is None
+                        else self.llm.complete(messages, schema, image=image, call_name=call_name))
             except AnswerParseError as e:
                 error, raw = str(e), e.raw
                 self.trace.llm_call(call_name=call_name, attempt=attempt, messages=messages, raw=raw, error=error,
@@ -122,7 +132,7 @@ class Reasoner:
         raise InvalidAnswerError(call_name, error, attempts)
 
     # -- decompose ----------------------------------------------------------------------------
-    def decompose(self, instruction: str, scene: Scene) -> list[str]:
+    def decompose(self, instruction: str, scene: Scene, rgb: np.ndarray | None = None) -> list[str]:
         self.trace.ssr(scene, reason="input")
         msgs = self.prompts.messages("decompose", instruction=instruction, ssr=scene.ssr.llm_view(),
                                      max_subtasks=self.cfg.max_subtasks)
@@ -136,7 +146,8 @@ class Reasoner:
 
         try:
             subs, self.query_objects = self._ask(
-                "decompose", msgs, decomposition_schema(self.cfg.max_subtasks, self.cfg.max_text_chars), convert=convert)
+                "decompose", msgs, decomposition_schema(self.cfg.max_subtasks, self.cfg.max_text_chars), convert=convert,
+                scene=scene, rgb=rgb)
         except InvalidAnswerError as e:
             self._optional_failed(e)
             self.query_objects = []
@@ -144,6 +155,16 @@ class Reasoner:
         if self.query_objects:
             self.trace.note("instruction objects", query_objects=self.query_objects)
         return subs
+
+    def _image_for(self, scene: Scene | None, rgb: np.ndarray | None) -> np.ndarray | None:
+        """The set-of-mark picture of ``scene`` when ``reasoning.show_image`` is on and the image is
+        at hand (drawn once per SSR version)."""
+        if not self.cfg.show_image or scene is None or rgb is None:
+            return None
+        digest = scene.ssr.digest()
+        if self._marks is None or self._marks[0] != digest:
+            self._marks = (digest, set_of_marks(rgb, scene))
+        return self._marks[1]
 
     def _optional_failed(self, e: InvalidAnswerError, subtask: str | None = None) -> None:
         self.trace.note("optional step failed", subtask=subtask, call_name=e.call_name, error=e.error,
@@ -205,12 +226,12 @@ class Reasoner:
 
         step = self._ask("reason", msgs, reason_schema(ssr.ids, ssr.width, ssr.height, self.cfg.max_text_chars,
                                                       operations_for_prompt_version(self.cfg.prompt_version)), convert=convert,
-                         subtask=subtask)
+                         subtask=subtask, scene=scene, rgb=rgb)
         return step, scene
 
     def plan(self, instruction: str, rgb: Optional[np.ndarray], scene: Scene) -> EditPlan:
         steps = []
-        for subtask in self.decompose(instruction, scene):
+        for subtask in self.decompose(instruction, scene, rgb):
             step, scene = self.plan_step(subtask, instruction, rgb, scene)
             steps.append(step)
         return EditPlan(instruction=instruction, steps=steps)
@@ -227,7 +248,8 @@ class Reasoner:
                 history="\n".join(f"- {h}" for h in history) or "- none yet",
             )
             try:
-                a: Assessment = self._ask("assess", msgs, assessment_schema(self.cfg.max_text_chars), subtask=subtask)
+                a: Assessment = self._ask("assess", msgs, assessment_schema(self.cfg.max_text_chars), subtask=subtask,
+                                          scene=scene, rgb=rgb)
             except InvalidAnswerError as e:  # the check only refines: reason with the SSR we have
                 self._optional_failed(e, subtask)
                 history.append(f"the sufficiency check gave no valid answer ({e.error})")
@@ -284,6 +306,7 @@ class Reasoner:
                     self.trace.note("sandbox unavailable", subtask=subtask, detail=status.detail)
                     break
                 elif self.cfg.allow_sandbox:
+                    self._vision_ctx = (scene, rgb)
                     scene, previous_error = self._sandbox_round(subtask, instruction, scene, a.reason,
                                                                 previous_error, history)
                 else:
