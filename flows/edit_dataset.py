@@ -36,7 +36,7 @@ RESULT_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("status", pa.string()), ("error", pa.string()), ("failed_stage", pa.string()), ("seed", pa.int64()),
     ("image_sha256", pa.string()), ("edited_uri", pa.string()), ("mask_uri", pa.string()),
     ("overlay_uri", pa.string()), ("ssr_uri", pa.string()), ("plan_uri", pa.string()), ("trace_uri", pa.string()),
-    ("n_steps", pa.int64()), ("n_edited_steps", pa.int64()), ("cache_hits", pa.int64()), ("task_runs", pa.int64()), ("cached_stages", pa.string()),
+    ("n_steps", pa.int64()), ("n_edited_steps", pa.int64()), ("verified", pa.bool_()), ("cache_hits", pa.int64()), ("task_runs", pa.int64()), ("cached_stages", pa.string()),
     ("seconds", pa.float64()),
 ] + [(f"t_{s}", pa.float64()) for s in STAGES]
 

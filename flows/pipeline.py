@@ -58,10 +58,13 @@ def finalize(
     s = runtime.settings(settings)
     st = runtime.store(s)
     prefix = keys.output_prefix(image["sha"], instruction, s, seed)
-    plan = EditPlan(instruction=instruction, steps=[EditStep.model_validate(x["step"]) for x in steps])
+    # a step re-planned after the edit judge rejected it is recorded as the step that was executed
+    plan = EditPlan(instruction=instruction, steps=[
+        EditStep.model_validate((e or {}).get("replanned_step") or x["step"]) for x, e in zip(steps, edits)])
     masks = [st.get_mask(e["mask_key"]) for e in edits if e and not e.get("skipped")]
     mask = union(masks, shape=(image["height"], image["width"]))
-    traces = {"decompose": st.get_json(decompose_trace), "steps": [st.get_json(x["trace_key"]) for x in steps]}
+    traces = {"decompose": st.get_json(decompose_trace), "steps": [st.get_json(x["trace_key"]) for x in steps],
+              "edits": [st.get_json(e["trace_key"]) if e and e.get("trace_key") else None for e in edits]}
     st.put_bytes(f"{prefix}/edited.png", st.get_bytes(final_image["key"]))
     st.put_mask(f"{prefix}/mask.png", mask)
     st.put_bytes(f"{prefix}/overlay.png", st.get_bytes(f"{ssr['prefix']}/overlay.png"))
@@ -69,11 +72,14 @@ def finalize(
     st.put_bytes(f"{prefix}/plan.json", plan.canonical_json())
     st.put_json(f"{prefix}/trace.json", traces)
     n_done = sum(1 for e in edits if e and not e.get("skipped"))
+    checks = [e.get("verified") for e in edits if e and not e.get("skipped")]
+    verified = False if False in checks else (True if checks and all(c is True for c in checks) else None)
     return {
         "prefix": prefix,
         "status": "ok" if n_done else "no_target",
         "n_steps": len(steps),
         "n_edited_steps": n_done,
+        "verified": verified,
         **{f"{name}_uri": st.uri_for(f"{prefix}/{name}.{ext}") for name, ext in
            (("edited", "png"), ("mask", "png"), ("overlay", "png"), ("ssr", "json"), ("plan", "json"), ("trace", "json"))},
     }
@@ -171,7 +177,8 @@ def run_image(
             steps.append(step)
             edit = None
             if step["step"]["status"] == "ok":
-                edit = run("inpaint", stages.inpaint, image=current, step=step, settings=sd, seed=seed)
+                edit = run("inpaint", stages.inpaint, image=current, step=step, settings=sd, seed=seed,
+                           instruction=instruction)
                 if not edit["skipped"]:
                     current = edit["image"]
             edits.append(edit)

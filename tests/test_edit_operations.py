@@ -550,3 +550,136 @@ def test_clip_judge_scores_the_region_against_the_prompt(tiny_models_dir):
     assert "an orange" in v.reason
     rm = judge.judge(rgb, rgb, obj, EditStep(subtask="x", operation="remove", target_ids=[1]), ["mug"])
     assert rm.ok is False and "still shows" in rm.reason  # nothing changed: the object is as similar as before
+
+
+# -- each operation end to end through `cielr edit` (tiny models) ----------------------------------
+class OperationScriptLLM:
+    """Test double for the LLM protocol, installed as ``tasks.runtime.llm``: ``decompose`` answers one
+    sub-task, ``assess`` says the SSR suffices, ``reason`` answers the given operation on the first
+    object of the SSR it is shown (a second object anchors a move; with no object, ``global``). Each
+    answer is validated against the call's schema as a backend does."""
+
+    def __init__(self, op: str):
+        self.op = op
+        self.calls: list[str] = []
+
+    def answer(self, call_name, messages):
+        import re
+
+        if call_name == "decompose":
+            return {"reason": "one edit", "subtasks": [f"{self.op} it"], "query_objects": []}
+        if call_name == "assess":
+            return {"reason": "enough", "need": "none", "queries": [], "segmentation": "keep"}
+        ids = [int(i) for i in re.findall(r'"id":\s*(\d+)', messages[-1]["content"])]
+        base = {"reason": "first object", "status": "ok", "operation": self.op}
+        if not ids or self.op == "global":
+            return {**base, "operation": "global", "prompt": "night scene"}
+        t = {"target_ids": [ids[0]]}
+        box = {"relation": "box", "box": [0, 0, 24, 24]}
+        return {**base, **{
+            "remove": {**t, "prompt": "empty table"},
+            "replace": {**t, "prompt": "an orange"},
+            "recolor": {**t, "color": "red", "prompt": "a red thing"},
+            "add": {"prompt": "a cup", "placement": box},
+            "move": {**t, "placement": {"relation": "left_of", "object_id": ids[1]} if len(ids) > 1 else box},
+            "resize": {**t, "scale": 0.5, "anchor": "bottom"},
+            "transform": {**t, "prompt": "make it rotten"},
+        }[self.op]}
+
+    def complete(self, messages, schema, *, image=None, call_name=""):
+        import json
+
+        from cielr_core.reasoning.llm import LLMCall, parse_answer
+
+        self.calls.append(call_name)
+        raw = json.dumps(self.answer(call_name, messages))
+        return LLMCall(parsed=parse_answer(raw, schema), raw=raw, latency_s=0.001, tokens={"prompt": 1, "completion": 1},
+                       extra={"backend": "scripted"})
+
+
+EXPECTED_BACKEND = {"remove": "lama/tiny/lama", "replace": "diffusers/tiny/sd-inpaint", "recolor": "color/oklab",
+                    "add": "diffusers/tiny/sd-inpaint", "move": "cut-paste+lama/tiny/lama",
+                    "resize": "cut-paste+lama/tiny/lama", "transform": "instruct/tiny/ip2p",
+                    "global": "instruct/tiny/ip2p"}
+
+
+def _cielr_edit(op, tiny_models_dir, ciebench_dir, tmp_path, monkeypatch, *extra_env):
+    import json
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from tasks import runtime
+
+    llm = OperationScriptLLM(op)
+    monkeypatch.setattr(runtime, "llm", lambda s: llm)
+    monkeypatch.setenv("CIELR_MODELS_DIR", str(tiny_models_dir))
+    for k, v in extra_env:
+        monkeypatch.setenv(k, v)
+    image = ciebench_dir / "1" / "1.png"
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["edit", str(image), f"please {op} it", "--profile", "tiny",
+                                      "--store", str(tmp_path / "store"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    original = np.asarray(Image.open(image).convert("RGB"))
+    edited = np.asarray(Image.open(out / "edited.png").convert("RGB"))
+    mask = np.asarray(Image.open(out / "mask.png")).astype(bool)
+    plan = json.loads((out / "plan.json").read_text())
+    trace = json.loads((out / "trace.json").read_text())
+    return result, original, edited, mask, plan, trace
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("op", list(EXPECTED_BACKEND))
+def test_each_operation_end_to_end_through_cielr_edit(op, prefect_harness, tiny_models_dir, ciebench_dir, tmp_path,
+                                                      monkeypatch):
+    _result, original, edited, mask, plan, trace = _cielr_edit(op, tiny_models_dir, ciebench_dir, tmp_path,
+                                                              monkeypatch)
+    assert plan["schema_version"] == 2
+    step = plan["steps"][0]
+    assert step["operation"] == op, "the tiny SSR must have objects for this test to mean anything"
+    edit = trace["edits"][0]
+    assert edit["backend"] == EXPECTED_BACKEND[op] and edit["skipped"] is False
+    assert edit["verified"] is None and edit["attempts"] == []  # verification is off in the tiny profile
+    assert edited.shape == original.shape
+    assert np.array_equal(edited[~mask], original[~mask])
+    if op == "global":
+        assert mask.all() and edit["detail"]["preservation"]["guaranteed"] is False
+    else:
+        assert not mask.all()
+
+
+@pytest.mark.slow
+def test_verify_through_cielr_edit_retries_a_rejected_attempt(prefect_harness, tiny_models_dir, ciebench_dir,
+                                                              tmp_path, monkeypatch):
+    import tasks.editing as te
+
+    judge = RejectsFirstAttemptJudge()
+    monkeypatch.setattr(te, "make_judge", lambda s: judge)
+    result, original, edited, mask, _plan, trace = _cielr_edit(
+        "transform", tiny_models_dir, ciebench_dir, tmp_path, monkeypatch, ("CIELR_EDITING__VERIFY__ENABLED", "true"))
+    edit = trace["edits"][0]
+    assert edit["verified"] is True and len(edit["attempts"]) == 2
+    assert [a["verdict"]["ok"] for a in edit["attempts"]] == [False, True]
+    assert [a["seed"] for a in edit["attempts"]] == [0, 1]
+    assert "verified: yes" in result.output
+    assert np.array_equal(edited[~mask], original[~mask])
+
+
+def test_replan_asks_reason_again_with_the_judge_reason():
+    from test_reasoning import ScriptedLLM, make_scene
+
+    from cielr_core.config import load_settings
+    from cielr_core.reasoning import Reasoner
+
+    s = load_settings(profile="default")
+    llm = ScriptedLLM([("reason", {"reason": "r", "status": "ok", "operation": "remove", "target_ids": [1]})])
+    old = EditStep(subtask="remove the cup", operation="remove", target_ids=[0])
+    new = Reasoner(s, llm).replan_step("remove the cup", "remove the cup", make_scene(), old, "the cup still shows")
+    assert new.target_ids == [1]
+    last = llm.calls[0]["messages"][-1]["content"]
+    assert "the cup still shows" in last and '"target_ids":[0]' in last
+    with pytest.raises(ValueError, match="no replan prompt"):
+        Reasoner(load_settings(overrides={"reasoning": {"prompt_version": "2"}}), llm).replan_step(
+            "x", "x", make_scene(), old, "why")

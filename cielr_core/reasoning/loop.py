@@ -229,6 +229,22 @@ class Reasoner:
                          subtask=subtask, scene=scene, rgb=rgb)
         return step, scene
 
+    def replan_step(self, subtask: str, instruction: str, scene: Scene, rejected: EditStep, why: str) -> EditStep:
+        """Reason ``subtask`` once more over ``scene`` after the edit judge rejected the edit of
+        ``rejected`` for ``why`` (the ``reason`` call, followed by the ``replan`` prompt)."""
+        if "replan" not in self.prompts.templates:
+            raise ValueError(f"prompt set {self.cfg.prompt_version} has no replan prompt (sets 3 and later have)")
+        ssr = scene.ssr
+        digest = ssr.digest()
+        msgs = self.prompts.messages("reason", instruction=instruction, subtask=subtask, version=ssr.version,
+                                     ssr=ssr.llm_view(), colors=", ".join(color_names()))
+        msgs.append({"role": "user", "content": self.prompts.render(
+            "replan", step=rejected.model_dump_json(exclude_none=True), why=why)})
+        self.trace.note("re-plan after a rejected edit", subtask=subtask, why=why)
+        schema = reason_schema(ssr.ids, ssr.width, ssr.height, self.cfg.max_text_chars,
+                               operations_for_prompt_version(self.cfg.prompt_version))
+        return self._ask("reason", msgs, schema, convert=lambda a: _to_step(a, subtask, digest), subtask=subtask)
+
     def plan(self, instruction: str, rgb: Optional[np.ndarray], scene: Scene) -> EditPlan:
         steps = []
         for subtask in self.decompose(instruction, scene, rgb):

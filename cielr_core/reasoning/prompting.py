@@ -14,6 +14,8 @@ from string import Template
 from typing import Any
 
 PROMPT_NAMES = ("system", "decompose", "assess", "spatial_code", "reason", "retry")
+#: prompts a set may have: ``replan`` (set 3 on) re-asks ``reason`` after the edit judge rejected a step
+OPTIONAL_PROMPT_NAMES = ("replan",)
 _FILE = re.compile(r"^(?P<name>[a-z_]+)\.v(?P<version>[0-9A-Za-z_.-]+)\.txt$")
 
 
@@ -38,6 +40,10 @@ def load_prompts(version: str) -> dict[str, Template]:
                 f"available: {', '.join(available_versions()) or 'none'}"
             )
         out[name] = Template(f.read_text(encoding="utf-8").strip())
+    for name in OPTIONAL_PROMPT_NAMES:  # present from some version on
+        f = base.joinpath(f"{name}.v{version}.txt")
+        if f.is_file():
+            out[name] = Template(f.read_text(encoding="utf-8").strip())
     return out
 
 

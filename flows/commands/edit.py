@@ -46,6 +46,8 @@ def register(app: typer.Typer) -> None:
             with open(os.path.join(out, name), "wb") as f:
                 f.write(data)
         typer.echo(f"status: {row['status']}" + (f" ({row['error']})" if row.get("error") else ""), err=True)
+        checked = {True: "yes", False: "NO (the judge rejected an edit; see trace.json)", None: "not checked"}
         typer.echo(f"steps edited: {row.get('n_edited_steps', 0)} of {row.get('n_steps', 0)}; "
+                   f"verified: {checked[row.get('verified')]}; "
                    f"cache hits {row['cache_hits']}/{row['task_runs']}", err=True)
         typer.echo(os.path.abspath(out))
