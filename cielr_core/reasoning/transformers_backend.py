@@ -37,9 +37,10 @@ log = logging.getLogger(__name__)
 class _Loaded:
     """Tokenizer, model and grammar machinery of one loaded model (cached by the registry)."""
 
-    def __init__(self, tokenizer, model, device: str):
+    def __init__(self, tokenizer, model, device: str, processor=None):
         import xgrammar as xgr
 
+        self.processor = processor  # vision-language models: renders images into the prompt
         self.tokenizer = tokenizer
         self.model = model
         self.device = device
@@ -85,6 +86,15 @@ class TransformersLLM:
                         f"llm model {self.cfg.model.id!r}: the local path {self.source} does not exist ({hint})")
 
                 kw = registry.hf_kwargs(self.cfg.model.revision)
+                from transformers import AutoConfig
+
+                if hasattr(AutoConfig.from_pretrained(self.source, **kw), "vision_config"):
+                    # a vision-language model (Qwen2.5-VL class): its processor renders images
+                    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+                    proc = AutoProcessor.from_pretrained(self.source, **kw)
+                    model = AutoModelForImageTextToText.from_pretrained(self.source, dtype=self.dtype, **kw)
+                    return _Loaded(proc.tokenizer, model.to(self.device).eval(), self.device, processor=proc)
                 tok = AutoTokenizer.from_pretrained(self.source, **kw)
                 model = AutoModelForCausalLM.from_pretrained(self.source, dtype=self.dtype, **kw)
                 model = model.to(self.device).eval()
@@ -104,6 +114,19 @@ class TransformersLLM:
             [{"role": m["role"], "content": m["content"]} for m in messages], tokenize=False, add_generation_prompt=True
         )
 
+    def _render_with_image(self, lm: _Loaded, messages: list[dict], image: np.ndarray) -> tuple[str, Any, dict]:
+        """The chat with ``image`` as an image part of the last user message, rendered by the model's
+        processor: (prompt text, encoded inputs, the vision inputs of the first forward)."""
+        last = max(i for i, m in enumerate(messages) if m["role"] == "user")
+        chat = [{"role": m["role"], "content": m["content"]} for m in messages]
+        chat[last] = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": messages[last]["content"]}]}
+        prompt = lm.processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        enc = lm.processor(text=[prompt], images=[np.asarray(image, dtype=np.uint8)], return_tensors="pt")
+        vision = {k: v.to(lm.device) for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
+        if "pixel_values" in vision:
+            vision["pixel_values"] = vision["pixel_values"].to(lm.model.dtype)
+        return prompt, enc, vision
+
     def complete(
         self, messages: list[dict], schema: type[BaseModel], *, image: np.ndarray | None = None, call_name: str = ""
     ) -> LLMCall:
@@ -112,7 +135,12 @@ class TransformersLLM:
 
         lm = self._load()
         extra: dict[str, Any] = {"backend": "transformers", "model": self.cfg.model.id}
-        if image is not None:
+        vision_inputs: dict[str, Any] = {}
+        if image is not None and lm.processor is not None:
+            prompt, enc, vision_inputs = self._render_with_image(lm, messages, image)
+            extra["image"] = (f"{image.shape[1]}x{image.shape[0]} image seen as "
+                              f"{int((enc['input_ids'] == lm.model.config.image_token_id).sum())} vision tokens")
+        elif image is not None:
             if self.settings.profile == "tiny":
                 # toy text-only model standing in for a VLM: the image is not seen, and the trace says so
                 extra["image"] = f"ignored: tiny text-only model ({image.shape[1]}x{image.shape[0]} image)"
@@ -122,7 +150,9 @@ class TransformersLLM:
                     "image. Serve a vision-language model (e.g. Qwen2.5-VL) behind an OpenAI-compatible endpoint "
                     "and set backend: openai for it."
                 )
-        prompt = self.render(messages)
+        if not vision_inputs:
+            prompt = self.render(messages)
+            enc = None
         extra["prompt"] = prompt
         # key order matters: the grammar emits properties in schema order (pydantic's field order)
         gschema = json.dumps(grammar_schema(schema))
@@ -131,8 +161,9 @@ class TransformersLLM:
             compiled = lm.grammar(gschema)
             matcher = xgr.GrammarMatcher(compiled)
             bitmask = xgr.allocate_token_bitmask(1, lm.tokenizer_info.vocab_size)
-            enc = lm.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-            input_ids = enc.input_ids.to(lm.device)
+            if enc is None:
+                enc = lm.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+            input_ids = enc["input_ids"].to(lm.device)
             n_prompt = int(input_ids.shape[1])
             out: list[int] = []
             past = None
@@ -143,7 +174,9 @@ class TransformersLLM:
             terminated = False
             with torch.inference_mode():
                 for _ in range(int(self.cfg.max_new_tokens)):
-                    o = lm.model(input_ids=cur, past_key_values=past, use_cache=True)
+                    # the image enters with the prompt; later steps read it from the KV cache
+                    o = lm.model(input_ids=cur, past_key_values=past, use_cache=True,
+                                 **(vision_inputs if past is None else {}))
                     past = o.past_key_values
                     logits = o.logits[:, -1, :].float().cpu()
                     if logits.shape[-1] < lm.tokenizer_info.vocab_size:

@@ -18,6 +18,7 @@ FAMILIES: dict[str, str] = {
     "owlv2": "owlv2",
     "depth-anything": "depth",
     "qwen2": "llm",
+    "qwen2.5-vl": "vlm",
     "sd-inpaint": "inpaint",
     "lama": "lama",
     "ip2p": "ip2p",
