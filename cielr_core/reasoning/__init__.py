@@ -25,7 +25,8 @@ from cielr_core.reasoning.trace import Trace
 
 # Bump when the loop's logic changes what a given config produces (enters the reasoning digest
 # with the prompt version from the config).
-REASONING_CODE_VERSION = "3"  # 2: spatial code only behind the OS sandbox; 3: optional answers never fail the image, relations recomputed
+REASONING_CODE_VERSION = "3"
+# 2: spatial code only behind the OS sandbox; spatial code that stays refused no longer fails the image
 # 3: relations refreshed after semantic updates, optional steps that stay invalid no longer fail the
 #    image, finer/coarser stack, the instruction's objects join the query set
 
