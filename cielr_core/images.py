@@ -19,11 +19,10 @@ import hashlib
 import io
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-
-from storage.store import encode_png as _encode_png
 
 
 class BadImageError(ValueError):
@@ -50,7 +49,7 @@ def decode_image(data: bytes, *, max_pixels: int, max_bytes: int | None = None) 
             raise BadImageError(
                 f"not a recognised image format ({len(data)} bytes starting {data[:8]!r})"
             ) from e
-        except Exception as e:  # noqa: BLE001 - any parser failure on the header is bad input
+        except Exception as e:
             raise BadImageError(f"cannot read the image header: {type(e).__name__}: {e}") from e
         with im:
             w, h = im.size
@@ -69,7 +68,7 @@ def decode_image(data: bytes, *, max_pixels: int, max_bytes: int | None = None) 
                 raise BadImageError(f"refused a decompression bomb: {e}") from e
             except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombWarning) as e:
                 raise BadImageError(f"{fmt} {w}x{h} is truncated or corrupt: {e}") from e
-            except Exception as e:  # noqa: BLE001 - decoder failures on hostile input
+            except Exception as e:
                 raise BadImageError(f"{fmt} {w}x{h} could not be decoded: {type(e).__name__}: {e}") from e
             try:
                 upright = ImageOps.exif_transpose(im)
@@ -153,9 +152,68 @@ def image_digest(rgb: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def encode_png(rgb: np.ndarray) -> bytes:
-    """Lossless PNG bytes of an RGB (or gray / RGBA) uint8 array."""
-    return _encode_png(rgb)
+def encode_png(image: Any) -> bytes:
+    """Lossless PNG bytes of a PIL image or a uint8 HxW / HxWx1 / HxWx3 / HxWx4 array (bool: 0/255)."""
+    if isinstance(image, Image.Image):
+        im = image
+    else:
+        arr = np.asarray(image)
+        if arr.dtype == bool:
+            arr = arr.astype(np.uint8) * 255
+        if arr.dtype != np.uint8:
+            raise TypeError(f"PNG images must be uint8 arrays, got {arr.dtype}")
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
+            raise ValueError(f"PNG images must be HxW, HxWx3 or HxWx4, got shape {arr.shape}")
+        if arr.ndim == 3 and arr.shape[2] == 1:
+            arr = arr[:, :, 0]
+        im = Image.fromarray(arr)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
 
 
-__all__ = ["BadImageError", "decode_image", "decode_image_file", "image_digest", "encode_png"]
+def decode_png(data: bytes) -> np.ndarray:
+    """The pixels of trusted encoded image bytes (our own PNGs) as stored: no normalisation."""
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        return np.asarray(im).copy()
+
+
+def check_rgb(rgb: Any, *, error: type[Exception] = ValueError) -> np.ndarray:
+    """``rgb`` as an array if it is the normal form (HxWx3 uint8, not empty); else ``error``."""
+    a = np.asarray(rgb)
+    if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
+        raise error(f"expected an HxWx3 uint8 RGB image, got shape {a.shape} dtype {a.dtype}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise error(f"the image is empty ({a.shape[1]}x{a.shape[0]})")
+    return a
+
+
+def as_rgb(img: Any) -> np.ndarray:
+    """The normal form (HxWx3 uint8) of a PIL image or an array: gray is repeated to 3 channels,
+    alpha dropped, floats in 0..1 scaled to 0..255, other values rounded and clipped."""
+    if isinstance(img, Image.Image):
+        return np.asarray(img.convert("RGB"))
+    a = np.asarray(img)
+    if a.ndim == 2:
+        a = _gray_to_rgb(a)
+    if a.ndim != 3 or a.shape[2] not in (3, 4):
+        raise ValueError(f"expected an HxWx3 image, got shape {a.shape}")
+    a = a[:, :, :3]
+    if a.dtype != np.uint8:
+        if np.issubdtype(a.dtype, np.floating) and a.size and float(np.nanmax(a)) <= 1.0:
+            a = a * 255.0
+        a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    return a
+
+
+__all__ = [
+    "BadImageError",
+    "as_rgb",
+    "check_rgb",
+    "decode_image",
+    "decode_image_file",
+    "decode_png",
+    "encode_png",
+    "image_digest",
+]

@@ -8,10 +8,12 @@ Detector boxes (floats) are rasterised by rounding their edges to the nearest pi
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+import io
+from collections.abc import Iterable, Sequence
 
 import cv2
 import numpy as np
+from PIL import Image
 
 Box = tuple[float, float, float, float]
 
@@ -141,3 +143,22 @@ def median_in_mask(values: np.ndarray, mask: np.ndarray) -> float | None:
     if sel.size == 0:
         return None
     return float(np.median(sel))
+
+
+# -- codec: a mask is a 1-bit PNG ---------------------------------------------------------------
+def encode_mask_png(mask: np.ndarray) -> bytes:
+    arr = np.asarray(mask)
+    if arr.ndim != 2:
+        raise ValueError(f"a mask must be 2-D, got shape {arr.shape}")
+    im = Image.fromarray(arr.astype(bool)).convert("1") if arr.dtype == bool else Image.fromarray(arr > 0).convert("1")
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def decode_mask_png(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        if im.mode == "1":
+            return np.asarray(im, dtype=bool).copy()
+        return np.asarray(im.convert("L")) > 127

@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from storage.canonical import canonical_json, sha256_bytes
+from cielr_core.canonical import canonical_json, sha256_bytes
 
 PLAN_SCHEMA_VERSION = 2
 

@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cielr_core import masks as M
-from storage.canonical import canonical_json, sha256_bytes
+from cielr_core.canonical import canonical_json, sha256_bytes
 
 SCHEMA_VERSION = 1
 UNKNOWN = "unknown"
@@ -60,7 +60,7 @@ class SSRObject(BaseModel):
     @field_validator("mask")
     @classmethod
     def _relative_mask(cls, v: str) -> str:
-        from storage.keys import validate_key
+        from cielr_core.canonical import validate_key
 
         validate_key(v)
         return v

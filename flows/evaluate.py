@@ -52,7 +52,7 @@ def _thumb(rgb, size: int = THUMB) -> bytes:
     import cv2
     import numpy as np
 
-    from storage.store import encode_png
+    from cielr_core.images import encode_png
 
     h, w = rgb.shape[:2]
     scale = size / max(h, w)

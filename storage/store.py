@@ -17,15 +17,16 @@ import json
 import os
 import tempfile
 import uuid
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 import numpy as np
-from PIL import Image
 
-from storage.canonical import canonical_json, sha256_bytes
-from storage.keys import KeyError_, validate_key
+from cielr_core.canonical import KeyError_, canonical_json, sha256_bytes, validate_key
+from cielr_core.images import decode_png, encode_png
+from cielr_core.masks import decode_mask_png, encode_mask_png
 
 
 class StoreError(RuntimeError):
@@ -93,7 +94,7 @@ def _is_transient(exc: BaseException) -> bool:
 
 
 class ArtifactStore:
-    """Bytes, canonical JSON, PNG images, 1-bit PNG masks and numpy arrays under string keys."""
+    """Bytes, canonical JSON, PNG images, 1-bit PNG masks, numpy arrays and Parquet tables under string keys."""
 
     def __init__(
         self,
@@ -146,7 +147,7 @@ class ArtifactStore:
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
-    def from_config(cls, cfg: Any) -> "ArtifactStore":
+    def from_config(cls, cfg: Any) -> ArtifactStore:
         """From a ``StoreConfig`` (or anything with the same attributes)."""
         return cls(
             cfg.url,
@@ -212,7 +213,7 @@ class ArtifactStore:
                 self.fs.ls(bucket, refresh=True)
         except StoreError:
             raise
-        except Exception as e:  # noqa: BLE001 - wrapped with context
+        except Exception as e:
             raise self._fail("check", None, e) from e
 
     # -- bytes ------------------------------------------------------------------------------------
@@ -246,7 +247,7 @@ class ArtifactStore:
                 self.fs.invalidate_cache(path)
         except StoreError:
             raise
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise self._fail("write", key, e) from e
         return sha256_bytes(data)
 
@@ -254,7 +255,7 @@ class ArtifactStore:
         path = self._path(key)
         try:
             return self.fs.cat_file(path)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise self._fail("read", key, e) from e
 
     def exists(self, key: str) -> bool:
@@ -263,7 +264,7 @@ class ArtifactStore:
             if self.protocol == "s3":
                 self.fs.invalidate_cache(path)
             return bool(self.fs.isfile(path))
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise self._fail("exists", key, e) from e
 
     def delete(self, key: str) -> None:
@@ -272,7 +273,7 @@ class ArtifactStore:
             self.fs.rm_file(path)
         except FileNotFoundError:
             return
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise self._fail("delete", key, e) from e
 
     def list(self, prefix: str = "") -> list[str]:
@@ -286,12 +287,12 @@ class ArtifactStore:
             if not self.fs.exists(base):
                 return []
             found: Iterable[str] = self.fs.find(base)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise self._fail("list", prefix or "/", e) from e
         root = self.root.rstrip("/") + "/"
         keys = []
         for p in found:
-            p = p[len("s3://"):] if p.startswith("s3://") else p
+            p = p.removeprefix("s3://")
             if not p.startswith(root):
                 continue
             rel = p[len(root):]
@@ -323,10 +324,8 @@ class ArtifactStore:
     def get_png(self, key: str) -> np.ndarray:
         data = self.get_bytes(key)
         try:
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
-                return np.asarray(im).copy()
-        except Exception as e:  # noqa: BLE001
+            return decode_png(data)
+        except Exception as e:
             raise StoreError(f"store {self.display_url}: {key!r} is not a readable image: {e}") from e
 
     def put_mask(self, key: str, mask: np.ndarray, *, overwrite: bool = True) -> str:
@@ -345,55 +344,34 @@ class ArtifactStore:
         data = self.get_bytes(key)
         try:
             return np.load(io.BytesIO(data), allow_pickle=False)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise StoreError(f"store {self.display_url}: {key!r} is not a numpy array: {e}") from e
 
+    # -- tables -----------------------------------------------------------------------------------
+    def put_table(self, key: str, table: Any, *, overwrite: bool = True) -> str:
+        """Write a pyarrow Table as Parquet."""
+        import pyarrow.parquet as pq
 
-def encode_png(image: Any) -> bytes:
-    if isinstance(image, Image.Image):
-        im = image
-    else:
-        arr = np.asarray(image)
-        if arr.dtype == bool:
-            arr = arr.astype(np.uint8) * 255
-        if arr.dtype != np.uint8:
-            raise TypeError(f"PNG images must be uint8 arrays, got {arr.dtype}")
-        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
-            raise ValueError(f"PNG images must be HxW, HxWx3 or HxWx4, got shape {arr.shape}")
-        if arr.ndim == 3 and arr.shape[2] == 1:
-            arr = arr[:, :, 0]
-        im = Image.fromarray(arr)
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        return self.put_bytes(key, buf.getvalue(), overwrite=overwrite)
 
+    def get_table(self, key: str) -> Any:
+        """A Parquet object as a pyarrow Table."""
+        import pyarrow.parquet as pq
 
-def encode_mask_png(mask: np.ndarray) -> bytes:
-    arr = np.asarray(mask)
-    if arr.ndim != 2:
-        raise ValueError(f"a mask must be 2-D, got shape {arr.shape}")
-    im = Image.fromarray(arr.astype(bool)).convert("1") if arr.dtype == bool else Image.fromarray(arr > 0).convert("1")
-    buf = io.BytesIO()
-    im.save(buf, format="PNG", optimize=True)
-    return buf.getvalue()
-
-
-def decode_mask_png(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        if im.mode == "1":
-            return np.asarray(im, dtype=bool).copy()
-        return np.asarray(im.convert("L")) > 127
+        data = self.get_bytes(key)
+        try:
+            return pq.read_table(io.BytesIO(data))
+        except Exception as e:
+            raise StoreError(f"store {self.display_url}: {key!r} is not a readable Parquet table: {e}") from e
 
 
 __all__ = [
-    "ArtifactStore",
-    "StoreError",
-    "ArtifactNotFound",
     "ArtifactExists",
+    "ArtifactNotFound",
+    "ArtifactStore",
     "KeyError_",
-    "encode_png",
-    "encode_mask_png",
-    "decode_mask_png",
+    "StoreError",
     "redact_url",
 ]

@@ -9,9 +9,8 @@ import fsspec
 from prefect import task
 
 from cielr_core.config import Settings
-from cielr_core.images import BadImageError, decode_image, image_digest
+from cielr_core.images import BadImageError, decode_image, encode_png, image_digest
 from storage import sha256_json
-from storage.store import encode_png
 from tasks import runtime
 
 DECODE_CODE_VERSION = "1"

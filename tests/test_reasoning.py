@@ -751,7 +751,7 @@ def test_cli_plan(tmp_path, chat_server):
     from typer.testing import CliRunner
 
     from flows.commands import plan as plan_cmd
-    from storage.store import encode_mask_png
+    from cielr_core.masks import encode_mask_png
 
     sc = make_scene()
     (tmp_path / "masks").mkdir()

@@ -9,8 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from storage import ArtifactStore, StoreError, canonical_json, sha256_bytes
-from storage.keys import KeyError_
+from storage import ArtifactStore, KeyError_, StoreError, canonical_json, sha256_bytes
 from storage.store import ArtifactExists, ArtifactNotFound
 
 

@@ -16,6 +16,7 @@ import math
 import cv2
 import numpy as np
 
+from cielr_core import images
 from cielr_core import masks as M
 
 from .errors import EditingError
@@ -24,12 +25,7 @@ Box = tuple[int, int, int, int]
 
 
 def check_rgb(rgb: np.ndarray) -> np.ndarray:
-    a = np.asarray(rgb)
-    if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
-        raise EditingError(f"expected an HxWx3 uint8 RGB image, got shape {a.shape} dtype {a.dtype}")
-    if a.shape[0] == 0 or a.shape[1] == 0:
-        raise EditingError(f"the image is empty ({a.shape[1]}x{a.shape[0]})")
-    return a
+    return images.check_rgb(rgb, error=EditingError)
 
 
 def check_mask_size(mask: np.ndarray, shape: tuple[int, ...], what: str = "mask") -> np.ndarray:

@@ -29,26 +29,10 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from cielr_core import masks as M
+from cielr_core.images import as_rgb
 
 SSIM_WIN = 7  # scikit-image's default window (uniform filter)
 SSIM_K1, SSIM_K2 = 0.01, 0.03
-
-
-def as_rgb(img) -> np.ndarray:
-    """An HxWx3 uint8 array from a PIL image or an array (gray is repeated to 3 channels)."""
-    if isinstance(img, Image.Image):
-        return np.asarray(img.convert("RGB"))
-    a = np.asarray(img)
-    if a.ndim == 2:
-        a = np.repeat(a[:, :, None], 3, axis=2)
-    if a.ndim != 3 or a.shape[2] not in (3, 4):
-        raise ValueError(f"expected an HxWx3 image, got shape {a.shape}")
-    a = a[:, :, :3]
-    if a.dtype != np.uint8:
-        if np.issubdtype(a.dtype, np.floating) and a.size and float(np.nanmax(a)) <= 1.0:
-            a = a * 255.0
-        a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
-    return a
 
 
 def binarize(mask, threshold: int = 127) -> np.ndarray:

@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from cielr_core.canonical import sha256_json
 from cielr_core.config import Settings, settings_from_dict
+from cielr_core.images import check_rgb
 from cielr_core.models import resolve_device, resolve_dtype
 from cielr_core.perception import build, label, loading
 from cielr_core.perception import depth as depth_mod
@@ -27,16 +29,10 @@ from cielr_core.perception.versions import (
 )
 from cielr_core.perception.vocabulary import BUILTIN, load_vocabulary, merge_queries
 from cielr_core.ssr import Scene
-from storage.canonical import sha256_json
 
 
 def _check_rgb(rgb: np.ndarray) -> np.ndarray:
-    a = np.asarray(rgb)
-    if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
-        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {a.dtype} {a.shape}")
-    if a.shape[0] < 1 or a.shape[1] < 1:
-        raise ValueError(f"empty image {a.shape}")
-    return a
+    return check_rgb(rgb)
 
 
 class Perceiver:

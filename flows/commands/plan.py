@@ -97,7 +97,7 @@ def _load_ssr(ssr_json: str, image: Optional[str], settings):
     from pydantic import ValidationError
 
     from cielr_core.ssr import SSR, Scene
-    from storage.store import decode_mask_png
+    from cielr_core.masks import decode_mask_png
 
     try:
         with open(ssr_json, "rb") as f:
