@@ -1,6 +1,6 @@
 """Prefect overhead of the whole per-image DAG, with near-zero-cost stages.
 
-Every stage task of ``flows.pipeline.Stages`` is replaced by a task that does (almost) nothing but
+Every stage task of ``tasks.stages.Stages`` is replaced by a task that does (almost) nothing but
 returns a reference of the right shape, bound with the SAME run options as the real stages (cache
 key function, result storage on the artifact store, retries, timeout, GPU tag). So the figures are
 what Prefect and our orchestration cost per image: task-run bookkeeping against the API, cache-key
@@ -30,62 +30,84 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def _noop_stages(settings):
+def _noop_stages(settings, ref=None):
     """Stages whose bodies cost ~nothing, with the real stages' options (cache, storage, retries)."""
     from prefect import task
+    from pydantic import BaseModel
 
-    from flows.pipeline import Stages
-    from storage import sha256_json
+    from cielr_core.canonical import sha256_json
+    from cielr_core.plan import EditStep
+    from tasks import keys, runtime
     from tasks.options import bind
+    from tasks.refs import (
+        Decomposition,
+        DepthRef,
+        DetectionsRef,
+        EditRef,
+        ImageRef,
+        Outputs,
+        SegmentRef,
+        SSRRef,
+        StepRef,
+    )
+    from tasks.stages import Stages
+
+    def plain(v):
+        if isinstance(v, BaseModel):
+            return v.model_dump(mode="json")
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        return v
 
     def key(stage):
-        return lambda p: f"{stage}-" + sha256_json({k: v for k, v in p.items() if k != "settings"})
+        return lambda p: keys.short_key(f"{stage}-" + sha256_json({k: plain(v) for k, v in p.items() if k != "settings"}))
 
     @task(name="load-image")
-    def load(image_uri: str, settings: dict) -> dict:
-        return {"sha": sha256_json(image_uri), "key": f"images/{sha256_json(image_uri)}.png", "width": 64, "height": 48}
+    def load(image_uri: str, settings) -> ImageRef:
+        sha = sha256_json(image_uri)
+        return ImageRef(sha=sha, key=keys.image_key(sha), width=64, height=48)
 
     @task(name="segment")
-    def segment(image: dict, settings: dict, sam2_overrides=None) -> dict:
-        return {"key": f"seg/{image['sha']}/masks.npz", "n_masks": 3}
+    def segment(image: ImageRef, settings, sam2_overrides=None) -> SegmentRef:
+        return SegmentRef(key=keys.segment_key(image.sha), n_masks=3)
 
     @task(name="detect")
-    def detect(image: dict, settings: dict, extra_queries=None) -> dict:
-        return {"key": f"det/{image['sha']}/detections.json", "n_detections": 3}
+    def detect(image: ImageRef, settings, extra_queries=None) -> DetectionsRef:
+        return DetectionsRef(key=keys.detect_key(image.sha), n_detections=3)
 
     @task(name="depth")
-    def depth(image: dict, settings: dict) -> dict:
-        return {"key": f"depth/{image['sha']}/depth.npy"}
+    def depth(image: ImageRef, settings) -> DepthRef:
+        return DepthRef(key=keys.depth_key(image.sha))
 
     @task(name="merge-ssr")
-    def merge(image: dict, seg: dict, det: dict, dep: dict, settings: dict) -> dict:
-        return {"prefix": f"ssr/{image['sha']}/x", "digest": image["sha"], "n_objects": 3}
+    def merge(image: ImageRef, seg, det, dep, settings) -> SSRRef:
+        return SSRRef(prefix=image.sha, digest=image.sha, n_objects=3)
 
     @task(name="decompose")
-    def decompose(ssr: dict, instruction: str, settings: dict) -> dict:
-        return {"subtasks": [instruction], "trace_key": f"reason/{ssr['digest']}/decompose-trace.json"}
+    def decompose(ssr: SSRRef, instruction: str, settings) -> Decomposition:
+        return Decomposition(subtasks=[instruction], trace_key=keys.decompose_trace_key(ssr.digest))
 
     @task(name="reason-step")
-    def reason(image: dict, ssr: dict, subtask: str, instruction: str, settings: dict) -> dict:
-        step = {"subtask": subtask, "status": "ok", "reason": "", "operation": "remove", "target_ids": [1],
-                "prompt": "", "placement": None, "ssr_digest": ssr["digest"]}
-        return {"step": step, "ssr": ssr, "trace_key": f"reason/{ssr['digest']}/trace.json"}
+    def reason(image: ImageRef, ssr: SSRRef, subtask: str, instruction: str, settings) -> StepRef:
+        step = EditStep(subtask=subtask, operation="remove", target_ids=[1], ssr_digest=ssr.digest)
+        return StepRef(step=step, ssr=ssr, trace_key=keys.step_trace_key(ssr.digest))
 
     @task(name="inpaint-step")
-    def inpaint(image: dict, step: dict, settings: dict, seed: int) -> dict:
-        return {"image": {**image, "sha": sha256_json([image["sha"], seed])}, "mask_key": "m.png", "skipped": False,
-                "backend": "noop"}
+    def inpaint(image: ImageRef, step: StepRef, settings, seed: int) -> EditRef:
+        return EditRef(image=image.model_copy(update={"sha": sha256_json([image.sha, seed])}),
+                       mask_key=keys.edit_mask_key(image.sha), skipped=False, backend="noop")
 
     @task(name="finalize")
-    def finalize(image, final_image, ssr, instruction, steps, edits, decompose_trace, settings, seed) -> dict:
-        prefix = f"out/{image['sha']}"
-        return {"prefix": prefix, "status": "ok", "n_steps": len(steps), "n_edited_steps": len(steps),
-                **{f"{n}_uri": f"{prefix}/{n}" for n in ("edited", "mask", "overlay", "ssr", "plan", "trace")}}
+    def finalize(image, final_image, ssr, instruction, steps, edits, decompose_trace, settings, seed) -> Outputs:
+        prefix = image.sha
+        return Outputs(prefix=prefix, status="ok", n_steps=len(steps), n_edited_steps=len(steps),
+                       **{f"{n}_uri": keys.output_key(prefix, n) for n in keys.OUTPUT_FILES})
 
     fns = dict(load=load, segment=segment, detect=detect, depth=depth, merge=merge, decompose=decompose,
                reason=reason, inpaint=inpaint, finalize=finalize)
     gpu = {"segment", "detect", "depth", "decompose", "reason", "inpaint"}
-    return Stages(**{n: bind(f, settings, cache_key=key(n), gpu=n in gpu) for n, f in fns.items()})
+    return Stages(settings=settings, ref=ref or runtime.settings_ref(settings),
+                  **{n: bind(f, settings, cache_key=key(n), gpu=n in gpu) for n, f in fns.items()})
 
 
 def child(n: int, workdir: Path, chunk_size: int, phase: str) -> dict:
@@ -100,11 +122,11 @@ def child(n: int, workdir: Path, chunk_size: int, phase: str) -> dict:
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-    from flows import pipeline
+    from cielr_core.manifest import write_manifest
     from flows.edit_dataset import edit_dataset
-    from flows.manifest import write_manifest
+    from tasks import stages
 
-    pipeline.Stages.for_settings = classmethod(lambda cls, s: _noop_stages(s))
+    stages.Stages.for_settings = classmethod(lambda cls, s, ref=None: _noop_stages(s, ref))
     images = workdir / "images"
     manifest = str(workdir / "manifest.parquet")
     if phase == "cold":
@@ -138,14 +160,10 @@ def child(n: int, workdir: Path, chunk_size: int, phase: str) -> dict:
     wall = time.perf_counter() - t0
     stop.set()
     t.join()
-    import io
-
-    import pyarrow.parquet as pq
-
     from storage import ArtifactStore
 
     st = ArtifactStore(store)
-    rows = pq.read_table(io.BytesIO(st.get_bytes(st.key_for(uri)))).to_pylist()
+    rows = st.get_table(st.key_for(uri)).to_pylist()
     return {
         "phase": phase,
         "n": n,

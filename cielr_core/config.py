@@ -517,6 +517,25 @@ class ConfigError(ValueError):
     pass
 
 
+def read_config_file(config_file: str | os.PathLike | None = None) -> dict[str, Any] | None:
+    """The YAML config file (``config_file``, else ``CIELR_CONFIG_FILE``) as a mapping; None when
+    neither names one. The one reader of config files: load_settings uses it, and so does the
+    command line to hand a file's content to a flow as its ``config`` parameter."""
+    config_file = config_file or os.environ.get("CIELR_CONFIG_FILE")
+    if not config_file:
+        return None
+    path = Path(config_file)
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return loaded
+
+
 def load_settings(
     profile: str | None = None,
     config_file: str | os.PathLike | None = None,
@@ -533,17 +552,8 @@ def load_settings(
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     layers: dict[str, Any] = PROFILE_LAYERS[profile]()
-    config_file = config_file or os.environ.get("CIELR_CONFIG_FILE")
-    if config_file:
-        path = Path(config_file)
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except OSError as e:
-            raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from e
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    loaded = read_config_file(config_file)
+    if loaded:
         layers = deep_merge(layers, loaded)
     if config_data:
         if not isinstance(config_data, dict):

@@ -28,6 +28,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 class BadImageError(ValueError):
     """The input cannot be used as an image; the message says what and why."""
 
+    transient = False
+
 
 def decode_image(data: bytes, *, max_pixels: int, max_bytes: int | None = None) -> np.ndarray:
     """Decode ``data`` to an HxWx3 uint8 RGB array (see the module docstring for the rules)."""

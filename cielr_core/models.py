@@ -23,6 +23,8 @@ import torch
 class ModelUnavailableError(RuntimeError):
     """The weights for a model could not be found or loaded."""
 
+    transient = False  # a retry finds the same files
+
 
 @dataclass(frozen=True)
 class ModelKey:
@@ -135,3 +137,64 @@ def hf_kwargs(revision: str | None) -> dict[str, Any]:
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1":
         kw["local_files_only"] = True
     return kw
+
+
+def looks_local(source: str) -> bool:
+    """A model source that is a filesystem path rather than a hub id (``org/name``)."""
+    return os.path.isabs(source) or source.startswith(("./", "../", "~")) or os.path.exists(source)
+
+
+def load_pretrained_pair(kind: str, source: str, model_cls: Any, processor_cls: Any, *, revision: str | None,
+                         device: str, dtype: Any = None, check: Callable[[], None] | None = None) -> tuple[Any, Any]:
+    """``(model, processor)`` of a transformers checkpoint through the registry: ``model_cls`` /
+    ``processor_cls`` are callables returning the classes (imported only when a load happens),
+    ``check()`` runs first (e.g. a clear error for a missing local path). ``dtype`` None keeps the
+    checkpoint's float32 weights; the registry key records it either way."""
+
+    def loader() -> tuple[Any, Any]:
+        if check is not None:
+            check()
+        kw = hf_kwargs(revision)
+        model_kw = dict(kw, dtype=dtype) if dtype is not None else kw
+        model = model_cls().from_pretrained(source, **model_kw).to(device).eval()
+        return model, processor_cls().from_pretrained(source, **kw)
+
+    return get_model(kind, source, loader, revision=revision, device=device,
+                     dtype=str(dtype) if dtype is not None else "float32")
+
+
+def transformers_class(name: str) -> Callable[[], Any]:
+    """A callable returning ``transformers.<name>``: the import happens only when a model loads."""
+
+    def get() -> Any:
+        import transformers
+
+        return getattr(transformers, name)
+
+    return get
+
+
+# -- resources ----------------------------------------------------------------------------------
+def is_cuda_oom(exc: BaseException) -> bool:
+    """A CUDA out-of-memory error (torch.OutOfMemoryError, or the RuntimeError older torch raised)."""
+    return isinstance(exc, getattr(torch, "OutOfMemoryError", ())) or "OutOfMemoryError" in type(exc).__name__ \
+        or "CUDA out of memory" in str(exc)
+
+
+def halve_batch_on_cuda_oom(run: Callable[[int | None], Any], batch: int, *,
+                            on_retry: Callable[[int], None] | None = None) -> Any:
+    """``run(None)`` (the configured batch size); on CUDA out-of-memory, once more as ``run(n)`` at
+    half the configured ``batch`` (at least 1) after freeing the allocator's cache. A second OOM
+    propagates (the orchestration retries OOM as transient). Batch sizes change memory use, never
+    results, so callers keep them out of their digests."""
+    try:
+        return run(None)
+    except Exception as e:  # noqa: BLE001
+        if not is_cuda_oom(e):
+            raise
+    smaller = max(1, batch // 2)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if on_retry is not None:
+        on_retry(smaller)
+    return run(smaller)

@@ -9,14 +9,11 @@ results table and a markdown summary.
 
 from __future__ import annotations
 
-import io
 import uuid
 from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any, Iterator, Literal
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -25,51 +22,42 @@ from prefect.artifacts import (
 )
 from prefect.runtime import flow_run
 
-from cielr_core.config import settings_from_dict, settings_to_dict
-from flows.edit_image import resolve_settings
-from flows.manifest import load_manifest
-from flows.pipeline import STAGES, Stages, run_image
-from tasks import runtime
-
-RESULT_COLUMNS: list[tuple[str, pa.DataType]] = [
-    ("image_id", pa.string()), ("image_uri", pa.string()), ("instruction", pa.string()),
-    ("status", pa.string()), ("error", pa.string()), ("failed_stage", pa.string()), ("seed", pa.int64()),
-    ("image_sha256", pa.string()), ("edited_uri", pa.string()), ("mask_uri", pa.string()),
-    ("overlay_uri", pa.string()), ("ssr_uri", pa.string()), ("plan_uri", pa.string()), ("trace_uri", pa.string()),
-    ("n_steps", pa.int64()), ("n_edited_steps", pa.int64()), ("verified", pa.bool_()), ("cache_hits", pa.int64()), ("task_runs", pa.int64()), ("cached_stages", pa.string()),
-    ("seconds", pa.float64()),
-] + [(f"t_{s}", pa.float64()) for s in STAGES]
+from flows.pipeline import run_image
+from tasks import keys, runtime
+from tasks.manifest import load_manifest
+from tasks.options import failure_of
+from tasks.refs import ResultRow, results_table
+from tasks.stages import Stages, in_worker
 
 
-def results_table(rows: list[dict[str, Any]]) -> pa.Table:
-    schema = pa.schema(RESULT_COLUMNS)
-    return pa.Table.from_pylist([{name: r.get(name) for name, _ in RESULT_COLUMNS} for r in rows], schema=schema)
-
-
-def _run_row(stages: Stages, s, r: dict[str, Any]) -> dict[str, Any]:
-    return run_image(stages, s, image_id=r["image_id"], image_uri=r["image_uri"], instruction=r["instruction"],
+def _run_row(stages: Stages, r: dict[str, Any]) -> ResultRow:
+    return run_image(stages, image_id=r["image_id"], image_uri=r["image_uri"], instruction=r["instruction"],
                      seed=r.get("seed"))
 
 
-@task(name="edit-one-image", persist_result=False)
-def process_image(row: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
-    """One row as a task of its own, so a distributed task runner (Dask) can place it on a worker;
-    its stage tasks run (and hit the same caches) inside that worker process."""
-    s = runtime.settings(settings)
-    return _run_row(Stages.for_settings(s), s, row)
+def _run_row_in_worker(r: dict[str, Any], settings: runtime.SettingsRef) -> ResultRow:
+    """One row in a worker process: the stage tasks bound there (once per process and run)."""
+    return _run_row(Stages.for_settings(runtime.settings(settings), settings), r)
 
 
-def _failed_row(r: dict[str, Any], error: str) -> dict[str, Any]:
-    return {"image_id": r["image_id"], "image_uri": r["image_uri"], "instruction": r["instruction"],
-            "seed": r.get("seed"), "status": "failed", "error": error, "failed_stage": "worker"}
+def _failed_row(r: dict[str, Any], error: str, stage: str) -> ResultRow:
+    return ResultRow(image_id=r["image_id"], image_uri=r["image_uri"], instruction=r["instruction"],
+                     seed=r.get("seed"), status="failed", error=error, failed_stage=stage)
+
+
+def _invalid_row(r: dict[str, Any]) -> ResultRow:
+    seed = r.get("seed")
+    return ResultRow(image_id=r["image_id"], image_uri=r["image_uri"], instruction=r["instruction"],
+                     seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+                     status="invalid", error=r["error"])
 
 
 @flow(name="edit-dataset-chunk")
-def process_chunk(rows: list[dict[str, Any]], settings: dict[str, Any], distributed: bool = False) -> list[dict[str, Any]]:
-    s = settings_from_dict(settings)
+def process_chunk(rows: list[dict[str, Any]], settings: runtime.SettingsRef, distributed: bool = False) -> list[ResultRow]:
+    s = runtime.settings(settings)
     if not distributed:
-        stages = Stages.for_settings(s)
-        return [_run_row(stages, s, r) for r in rows]
+        stages = Stages.for_settings(s, settings)
+        return [_run_row(stages, r) for r in rows]
     gpu = s.orchestration.dask_gpu_per_image
     annotation = nullcontext()
     if gpu > 0:
@@ -77,15 +65,13 @@ def process_chunk(rows: list[dict[str, Any]], settings: dict[str, Any], distribu
 
         annotation = dask.annotate(resources={"GPU": gpu})
     with annotation:
-        futures = [process_image.submit(r, settings) for r in rows]
+        futures = [in_worker.submit(_run_row_in_worker, r, settings) for r in rows]
     out = []
     for r, f in zip(rows, futures):
         f.wait()
-        state = f.state
-        if state.is_completed():
-            out.append(f.result())
-        else:  # the worker died or the task crashed: the row is a failure, the chunk goes on
-            out.append(_failed_row(r, f"{state.name}: {state.message or 'task did not complete'}"))
+        error = failure_of(f.state)
+        # a worker that died or a task that crashed fails its row; the chunk goes on
+        out.append(f.result() if error is None else _failed_row(r, f"{f.state.name}: {error}", "worker"))
     return out
 
 
@@ -119,21 +105,21 @@ def dask_runner(settings, address: str | None) -> Iterator[Any]:
             cluster.close()
 
 
-def summary_markdown(run_id: str, uri: str, rows: list[dict[str, Any]]) -> str:
+def summary_markdown(run_id: str, uri: str, rows: list[ResultRow]) -> str:
     counts: dict[str, int] = {}
     for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    hits = sum(r.get("cache_hits") or 0 for r in rows)
-    calls = sum(r.get("task_runs") or 0 for r in rows)
+        counts[r.status] = counts.get(r.status, 0) + 1
+    hits = sum(r.cache_hits or 0 for r in rows)
+    calls = sum(r.task_runs or 0 for r in rows)
     lines = [f"# edit_dataset run {run_id}", "", f"results: `{uri}`", "", "| status | rows |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in sorted(counts.items())]
     lines += ["", f"cache hits: {hits} of {calls} task runs ({(hits / calls * 100) if calls else 0:.1f}%)"]
-    failures = [r for r in rows if r["status"] in ("failed", "invalid")]
+    failures = [r for r in rows if r.status in ("failed", "invalid")]
     if failures:
         lines += ["", "## Failures", "", "| image_id | error |", "|---|---|"]
         for r in failures[:200]:
-            err = str(r.get("error") or "").replace("|", "\\|").replace("\n", " ")[:300]
-            lines.append(f"| {r['image_id']} | {err} |")
+            err = str(r.error or "").replace("|", "\\|").replace("\n", " ")[:300]
+            lines.append(f"| {r.image_id} | {err} |")
         if len(failures) > 200:
             lines.append(f"| ... | {len(failures) - 200} more in results.parquet |")
     return "\n".join(lines)
@@ -156,8 +142,8 @@ def edit_dataset(
     LocalCluster, or the scheduler at ``dask_address``); results are the same rows as the default
     (sequential, in-process) runner."""
     logger = get_run_logger()
-    settings = resolve_settings(profile, config, store)
-    sd = settings_to_dict(settings)
+    settings = runtime.resolve(profile, config, store)
+    ref = runtime.settings_ref(settings)
     st = runtime.store(settings)
     st.check()
     manifest = load_manifest(manifest_uri, settings, limit=limit)
@@ -168,7 +154,7 @@ def edit_dataset(
                 len(manifest.rejected), chunk)
     for r in manifest.rejected:
         logger.warning("skipping %s", r["error"])
-    results: list[dict[str, Any]] = [{**r, "status": "invalid"} for r in manifest.rejected]
+    results: list[ResultRow] = [_invalid_row(r) for r in manifest.rejected]
     progress = create_progress_artifact(progress=0.0, key="edit-dataset-progress",
                                         description=f"edit_dataset over {manifest_uri}")
     with ExitStack() as stack:
@@ -178,16 +164,14 @@ def edit_dataset(
         for start in range(0, len(manifest.rows), chunk):
             part = manifest.rows[start:start + chunk]
             results.extend(chunk_flow.with_options(name=f"edit-dataset-chunk-{start // chunk}")(
-                part, sd, distributed=runner == "dask"))
+                part, ref, distributed=runner == "dask"))
             update_progress_artifact(progress, progress=100.0 * len(results) / max(1, total))
             logger.info("%d/%d rows done", len(results), total)
     update_progress_artifact(progress, progress=100.0)
-    key = f"runs/{run_id}/results.parquet"
-    buf = io.BytesIO()
-    pq.write_table(results_table(results), buf)
-    st.put_bytes(key, buf.getvalue(), overwrite=False)
+    key = keys.results_key(run_id)
+    st.put_table(key, results_table(results), overwrite=False)
     uri = st.uri_for(key)
-    table_rows = [{k: r.get(k) for k in ("image_id", "status", "error", "edited_uri", "cache_hits", "seconds")}
+    table_rows = [r.model_dump(include={"image_id", "status", "error", "edited_uri", "cache_hits", "seconds"})
                   for r in results[:500]]
     create_table_artifact(table=table_rows, key="edit-dataset-results",
                           description=f"first {len(table_rows)} of {len(results)} rows; all in {uri}")

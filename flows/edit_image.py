@@ -6,15 +6,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from cielr_core.config import load_settings
-from flows.pipeline import Stages, run_image
-
-
-def resolve_settings(profile: str | None, config: dict[str, Any] | None, store: str | None):
-    """Flow parameters -> Settings: ``config`` takes the YAML file's place (so CIELR_* env still
-    wins over it, as on the command line); ``store`` is an explicit override."""
-    overrides = {"store": {"url": store}} if store else None
-    return load_settings(profile=profile, config_data=config, overrides=overrides)
+from flows.pipeline import run_image
+from tasks import runtime
+from tasks.stages import Stages
 
 
 @flow(name="edit-image", log_prints=False)
@@ -27,12 +21,12 @@ def edit_image(
     seed: int | None = None,
 ) -> dict[str, Any]:
     """Perceive -> reason -> edit one image. Returns the result row (status, error, output URIs)."""
-    settings = resolve_settings(profile, config, store)
+    settings = runtime.resolve(profile, config, store)
     logger = get_run_logger()
-    row = run_image(Stages.for_settings(settings), settings, image_id="image", image_uri=image_uri,
-                    instruction=instruction, seed=seed)
-    if row["status"] == "failed":
-        logger.error("edit failed: %s", row["error"])
+    row = run_image(Stages.for_settings(settings), image_id="image", image_uri=image_uri, instruction=instruction,
+                    seed=seed)
+    if row.status == "failed":
+        logger.error("edit failed: %s", row.error)
     else:
-        logger.info("%s: %s (cache hits %d/%d)", row["status"], row.get("edited_uri"), row["cache_hits"], row["task_runs"])
-    return row
+        logger.info("%s: %s (cache hits %d/%d)", row.status, row.edited_uri, row.cache_hits, row.task_runs)
+    return row.model_dump(mode="json")

@@ -11,22 +11,19 @@ One sample per input (no best-of-k).
 
 from __future__ import annotations
 
-import io
 import math
 import uuid
 from typing import Any, Literal
 
-import pyarrow.parquet as pq
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
+from cielr_core.canonical import sha256_bytes
 from flows.edit_dataset import edit_dataset
-from flows.edit_image import resolve_settings
-from storage import sha256_bytes
-from tasks import runtime
+from tasks import keys, runtime
 from tasks.evaluation import evaluate_cache_key, evaluate_sample, from_jsonable
-from tasks.options import bind
+from tasks.options import bind, outcome
 
 THUMB = 160
 
@@ -36,13 +33,13 @@ def _manifest_in_store(st, rows: list[dict[str, Any]]) -> str:
     import os
     import tempfile
 
-    from cielr_core.benchmarks import to_manifest
+    from cielr_core.manifest import write_manifest
 
     with tempfile.TemporaryDirectory() as d:
-        path = to_manifest(rows, os.path.join(d, "manifest.parquet"))
+        path = write_manifest(rows, os.path.join(d, "manifest.parquet"))
         with open(path, "rb") as f:
             data = f.read()
-    key = f"eval/manifests/{sha256_bytes(data)}.parquet"  # every column counts (seed, mask, reference text)
+    key = keys.eval_manifest_key(sha256_bytes(data))  # every column counts (seed, mask, reference text)
     if not st.exists(key):
         st.put_bytes(key, data)
     return st.uri_for(key)
@@ -83,18 +80,18 @@ def evaluate(
     cfg = dict(config or {})
     if protocol:
         cfg["eval"] = {**cfg.get("eval", {}), "protocol": protocol}
-    settings = resolve_settings(profile, cfg, store)
+    settings = runtime.resolve(profile, cfg, store)
     roots = list(settings.limits.allowed_input_roots)
     if bench.root and bench.root not in roots:
         cfg["limits"] = {**cfg.get("limits", {}), "allowed_input_roots": roots + [bench.root]}
-        settings = resolve_settings(profile, cfg, store)
+        settings = runtime.resolve(profile, cfg, store)
     st = runtime.store(settings)
     st.check()
     logger.info("%s", bench.summary())
     if results_uri is None:
         manifest_uri = _manifest_in_store(st, rows)
         results_uri = edit_dataset(manifest_uri=manifest_uri, store=store, profile=profile, config=cfg)
-    results = {r["image_id"]: r for r in pq.read_table(io.BytesIO(st.get_bytes(st.key_for(results_uri)))).to_pylist()}
+    results = {r["image_id"]: r for r in st.get_table(st.key_for(results_uri)).to_pylist()}
 
     sd = runtime.settings_ref(settings)
     task = bind(evaluate_sample, settings, cache_key=evaluate_cache_key, gpu=True)
@@ -110,17 +107,14 @@ def evaluate(
                                 "error": (res or {}).get("error") or "no result row for this sample"})
             continue
         state = task(sample=sample, result=res, settings=sd, return_state=True)
-        if not state.is_completed():
-            try:
-                state.result(raise_on_failure=True)
-                err = f"{state.name}: {state.message}"
-            except Exception as e:  # noqa: BLE001
-                err = f"evaluate: {type(e).__name__}: {e}"
-            metric_rows.append({**base, "status": "failed", "error": err})
-            continue
-        metric_rows.append({**base, "status": "ok", "error": None, **from_jsonable(state.result())})
         try:
-            before = st.get_png(f"images/{res['image_sha256']}.png")
+            metrics = outcome(state)
+        except Exception as e:  # noqa: BLE001 - a failed sample is a row, not the end of the run
+            metric_rows.append({**base, "status": "failed", "error": f"evaluate: {type(e).__name__}: {e}"})
+            continue
+        metric_rows.append({**base, "status": "ok", "error": None, **from_jsonable(metrics)})
+        try:
+            before = st.get_png(keys.image_key(res["image_sha256"]))
             thumbs[sample["image_id"]] = {
                 "before": _thumb(before),
                 "after": _thumb(st.get_png(st.key_for(res["edited_uri"])))
@@ -130,12 +124,10 @@ def evaluate(
             logger.warning("no thumbnails for %s: %s", sample["image_id"], e)
 
     run_id = str(flow_run.id or uuid.uuid4())
-    prefix = f"eval/{run_id}"
-    buf = io.BytesIO()
+    prefix = keys.eval_prefix(run_id)
     from cielr_core.metrics import metrics_table
 
-    pq.write_table(metrics_table(metric_rows), buf)
-    st.put_bytes(f"{prefix}/metrics.parquet", buf.getvalue(), overwrite=False)
+    st.put_table(keys.eval_key(prefix, "metrics"), metrics_table(metric_rows), overwrite=False)
     from cielr_core import report
 
     meta = {"benchmark": benchmark, "samples": len(rows), "results_uri": results_uri,
@@ -144,8 +136,8 @@ def evaluate(
     title = f"CIELR evaluation: {benchmark}"
     md = report.render_markdown(metric_rows, meta=meta, title=title)
     html = report.render_html(metric_rows, meta=meta, thumbnails=thumbs, title=title)
-    st.put_bytes(f"{prefix}/report.md", md.encode(), overwrite=False)
-    st.put_bytes(f"{prefix}/report.html", html.encode(), overwrite=False)
+    st.put_bytes(keys.eval_key(prefix, "report_md"), md.encode(), overwrite=False)
+    st.put_bytes(keys.eval_key(prefix, "report_html"), html.encode(), overwrite=False)
     create_markdown_artifact(markdown=md, key="evaluate-report", description=f"evaluation of {benchmark}")
     table = [{k: r.get(k) for k in ("image_id", "status", "psnr", "ssim", "lpips", "clip", "target_iou", "idcs", "error")}
              for r in metric_rows[:500]]

@@ -8,8 +8,8 @@ from typing import Any
 
 from prefect import task
 
-from storage import sha256_json
-from tasks import runtime
+from cielr_core.canonical import sha256_json
+from tasks import keys, runtime
 
 _judges_lock = threading.Lock()
 _judges: dict[str, tuple[Any, Any, str | None]] = {}
@@ -31,12 +31,6 @@ def idcs_judges(s) -> tuple[Any, Any, str | None]:
         return _judges[key]
 
 
-def eval_digest(s) -> str:
-    from cielr_core.metrics import METRICS_CODE_VERSION
-
-    return s.eval.digest(METRICS_CODE_VERSION, s.llm.digest())
-
-
 @task(name="evaluate-sample")
 def evaluate_sample(sample: dict[str, Any], result: dict[str, Any], settings: runtime.SettingsRef) -> dict[str, Any]:
     """Metrics of one sample (``sample``: benchmark row with mask_uri / reference_text; ``result``:
@@ -47,7 +41,7 @@ def evaluate_sample(sample: dict[str, Any], result: dict[str, Any], settings: ru
 
     s = runtime.settings(settings)
     st = runtime.store(s)
-    before = st.get_png(f"images/{result['image_sha256']}.png")
+    before = st.get_png(keys.image_key(result["image_sha256"]))
     after = st.get_png(st.key_for(result["edited_uri"]))
     edited_mask = st.get_mask(st.key_for(result["mask_uri"]))
     gt = load_gt_mask(sample["mask_uri"]) if sample.get("mask_uri") else None
@@ -60,10 +54,10 @@ def evaluate_sample(sample: dict[str, Any], result: dict[str, Any], settings: ru
 def evaluate_cache_key(p: dict[str, Any]) -> str:
     s = runtime.settings(p["settings"])
     sample, result = p["sample"], p["result"]
-    return "eval-" + sha256_json([
+    return keys.eval_cache_key([
         result["edited_uri"], result["mask_uri"], result["image_sha256"], sample.get("mask_uri"),
-        sample.get("reference_text"), sample["instruction"], eval_digest(s),
-    ])
+        sample.get("reference_text"), sample["instruction"],
+    ], s)
 
 
 def from_jsonable(row: dict[str, Any]) -> dict[str, Any]:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import fsspec
+import numpy as np
 from prefect import task
 
 from cielr_core.config import Settings
 from cielr_core.images import BadImageError, decode_image, encode_png, image_digest
-from storage import sha256_json
-from tasks import runtime
+from tasks import keys, runtime
+from tasks.refs import ImageRef
 
 DECODE_CODE_VERSION = "1"
 
@@ -44,22 +44,22 @@ def read_uri(uri: str, s: Settings, *, max_bytes: int | None = None) -> bytes:
     return data
 
 
-def put_rgb(rgb, s: Settings) -> dict[str, Any]:
+def put_rgb(rgb: np.ndarray, s: Settings) -> ImageRef:
     """Store a decoded RGB array under its content digest; return its reference."""
     sha = image_digest(rgb)
-    key = f"images/{sha}.png"
+    key = keys.image_key(sha)
     st = runtime.store(s)
     if not st.exists(key):
         st.put_bytes(key, encode_png(rgb))
-    return {"sha": sha, "key": key, "width": int(rgb.shape[1]), "height": int(rgb.shape[0])}
+    return ImageRef(sha=sha, key=key, width=int(rgb.shape[1]), height=int(rgb.shape[0]))
 
 
-def get_rgb(image: dict[str, Any], s: Settings):
-    return runtime.store(s).get_png(image["key"])
+def get_rgb(image: ImageRef, s: Settings) -> np.ndarray:
+    return runtime.store(s).get_png(image.key)
 
 
 @task(name="load-image")
-def load_image(image_uri: str, settings: runtime.SettingsRef) -> dict[str, Any]:
+def load_image(image_uri: str, settings: runtime.SettingsRef) -> ImageRef:
     """Decode (orientation applied, colour normalised, size-limited) and store; returns the image ref."""
     s = runtime.settings(settings)
     data = read_uri(image_uri, s)
@@ -79,7 +79,6 @@ def load_cache_key(p: dict[str, Any]) -> str:
         fs, path = fsspec.core.url_to_fs(uri, **storage_options_for(uri, s))
         info = fs.info(path)
     except Exception:  # noqa: BLE001 - unreadable: let the task itself report it, uncached
-        return f"load-uncacheable-{uuid.uuid4().hex}"
+        return keys.uncacheable_key("load")
     ident = {k: str(info[k]) for k in ("size", "mtime", "ETag", "etag", "LastModified", "last_modified") if k in info}
-    return "load-" + sha256_json([uri, ident, s.limits.max_image_pixels, s.limits.max_image_bytes,
-                                  DECODE_CODE_VERSION])
+    return keys.load_cache_key(uri, ident, s, DECODE_CODE_VERSION)

@@ -1,5 +1,6 @@
 """How every stage task is run: content-digest cache keys, result storage on our store, retries
-with exponential backoff and jitter on transient errors only, a timeout, and the GPU tag."""
+with exponential backoff and jitter on transient errors only, a timeout, and the GPU tag; and the
+one way to read how a task run ended (:func:`outcome`)."""
 
 from __future__ import annotations
 
@@ -9,58 +10,53 @@ from prefect import Task
 from prefect.tasks import exponential_backoff
 
 from cielr_core.config import Settings
+from cielr_core.models import is_cuda_oom
 from tasks import runtime
 
-# Exceptions named here are bad input (or a method-level verdict): retrying cannot help.
-_PERMANENT_NAMES = {
-    "BadImageError",
-    "InvalidAnswerError",
-    "EditingError",
-    "ManifestError",
-    "KeyError_",
-    "ValidationError",
-    "ModelUnavailableError",
-    "ArtifactNotFound",
-    "ValueError",
-    "TypeError",
-}
+# OS errors that say the input is wrong, not that the system hiccupped.
+_PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
 def is_transient(exc: BaseException | None) -> bool:
-    """Storage/network hiccups, LLM endpoint timeouts/429/5xx, CUDA out-of-memory: retry. Else not."""
+    """Whether a retry may help.
+
+    An exception that says so itself wins: a ``transient`` attribute (the store's StoreError, the
+    LLM backends' LLMError; the bad-input errors of the method carry ``transient = False``). Else by
+    type: CUDA out-of-memory and connection / timeout / other OS errors are transient, except the
+    OS errors that name a missing or unreadable path; anything else (ValueError and its kin: bad
+    input, invalid answers, validation errors; TypeError; bugs) is permanent.
+    """
     if exc is None:
         return False
     flag = getattr(exc, "transient", None)
     if flag is not None:
         return bool(flag)
-    name = type(exc).__name__
-    if name in _PERMANENT_NAMES:
-        return False
-    if "OutOfMemoryError" in name or "CUDA out of memory" in str(exc):
+    if is_cuda_oom(exc):
         return True
-    return isinstance(exc, (ConnectionError, TimeoutError, OSError)) and not isinstance(
-        exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
-    )
+    return isinstance(exc, (ConnectionError, TimeoutError, OSError)) and not isinstance(exc, _PERMANENT_OS_ERRORS)
+
+
+def outcome(state: Any) -> Any:
+    """The value of a finished task run's state, or its exception raised (a crashed or cancelled run,
+    which has none of its own, as a RuntimeError naming the state)."""
+    if state.is_completed():
+        return state.result()
+    state.result(raise_on_failure=True)  # raises the run's own exception, where it has one
+    raise RuntimeError(f"ended in state {state.name}: {state.message or 'task did not complete'}")
+
+
+def failure_of(state: Any) -> BaseException | None:
+    """The exception a state carries (None for a completed run)."""
+    try:
+        outcome(state)
+    except BaseException as e:  # noqa: BLE001
+        return e
+    return None
 
 
 def retry_only_transient(task: Task, task_run: Any, state: Any) -> bool:
-    exc = state.data if isinstance(getattr(state, "data", None), BaseException) else None
-    if exc is None:
-        try:
-            state.result(raise_on_failure=True)
-        except BaseException as e:  # noqa: BLE001
-            exc = e
+    exc = state.data if isinstance(getattr(state, "data", None), BaseException) else failure_of(state)
     return is_transient(exc)
-
-
-def short_key(key: str) -> str:
-    """Cache keys are file names in the result storage: keep them well under file-name limits
-    (255 bytes) as ``<stage>-<sha256 of the full key>``; short keys stay as they are."""
-    if len(key) <= 100:
-        return key
-    import hashlib
-
-    return f"{key.split('-', 1)[0]}-{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 def bind(
@@ -71,7 +67,8 @@ def bind(
     gpu: bool = False,
     timeout_s: float | None = None,
 ) -> Task:
-    """``task`` with our run options. ``cache_key(parameters)`` returns the stage's content digest."""
+    """``task`` with our run options. ``cache_key(parameters)`` returns the stage's cache key (one of
+    tasks.keys' cache keys)."""
     orch = settings.orchestration
     opts: dict[str, Any] = dict(
         retries=orch.retries,
@@ -83,7 +80,7 @@ def bind(
     )
     if cache_key is not None:
         opts.update(
-            cache_key_fn=lambda ctx, params: short_key(cache_key(params)),
+            cache_key_fn=lambda ctx, params: cache_key(params),
             persist_result=True,
             result_storage=runtime.result_storage(settings),
             result_serializer="json",

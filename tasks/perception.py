@@ -7,34 +7,31 @@ from typing import Any
 import numpy as np
 from prefect import get_run_logger, task
 
+from cielr_core.models import halve_batch_on_cuda_oom
 from cielr_core.perception import Detections, SegmentResult, render_overlay
 from cielr_core.ssr import Scene, load_scene, save_scene
 from tasks import keys, runtime
 from tasks.images import get_rgb
+from tasks.refs import DepthRef, DetectionsRef, ImageRef, SegmentRef, SSRRef
 
 
 @task(name="segment")
-def segment(image: dict[str, Any], settings: runtime.SettingsRef, sam2_overrides: dict[str, Any] | None = None) -> dict:
+def segment(image: ImageRef, settings: runtime.SettingsRef, sam2_overrides: dict[str, Any] | None = None) -> SegmentRef:
     s = runtime.settings(settings)
-    key = f"seg/{image['sha']}/{keys.segment_digest(s, sam2_overrides)}/masks.npz"
     rgb = get_rgb(image, s)
-    try:
-        result = runtime.perceiver(s).segment(rgb, sam2_overrides=sam2_overrides)
-    except Exception as e:  # noqa: BLE001
-        if not is_cuda_oom(e):
-            raise
-        # CUDA out of memory: once more at half the point batch (points_per_batch is not in the
-        # digest: it changes memory, not masks); a second OOM fails the task, and its retry policy
-        # treats OOM as transient.
-        import torch
+    perceiver = runtime.perceiver(s)
 
-        torch.cuda.empty_cache()
-        smaller = {**(sam2_overrides or {}), "points_per_batch": max(1, s.perception.sam2.points_per_batch // 2)}
-        _logger().warning("segment: CUDA out of memory; retrying with points_per_batch %d",
-                          smaller["points_per_batch"])
-        result = runtime.perceiver(s).segment(rgb, sam2_overrides=smaller)
+    def run(points_per_batch: int | None) -> SegmentResult:
+        # points_per_batch is not in the digest: it changes memory, not masks
+        if points_per_batch is None:
+            return perceiver.segment(rgb, sam2_overrides=sam2_overrides)
+        return perceiver.segment(rgb, sam2_overrides={**(sam2_overrides or {}), "points_per_batch": points_per_batch})
+
+    result = halve_batch_on_cuda_oom(run, s.perception.sam2.points_per_batch, on_retry=lambda n: _logger().warning(
+        "segment: CUDA out of memory; retrying with points_per_batch %d", n))
+    key = keys.segment_key(keys.segment_prefix(image.sha, s, sam2_overrides))
     runtime.store(s).put_bytes(key, result.to_npz_bytes())
-    return {"key": key, "n_masks": int(result.masks.shape[0])}
+    return SegmentRef(key=key, n_masks=int(result.masks.shape[0]))
 
 
 def _logger():
@@ -46,70 +43,66 @@ def _logger():
         return logging.getLogger(__name__)
 
 
-def is_cuda_oom(exc: BaseException) -> bool:
-    return "OutOfMemoryError" in type(exc).__name__ or "CUDA out of memory" in str(exc)
-
-
 def segment_cache_key(p: dict[str, Any]) -> str:
     s = runtime.settings(p["settings"])
-    return f"segment-{p['image']['sha']}-{keys.segment_digest(s, p.get('sam2_overrides'))}"
+    return keys.cache_key(keys.segment_prefix(p["image"].sha, s, p.get("sam2_overrides")))
 
 
 @task(name="detect")
-def detect(image: dict[str, Any], settings: runtime.SettingsRef, extra_queries: list[str] | None = None) -> dict:
+def detect(image: ImageRef, settings: runtime.SettingsRef, extra_queries: list[str] | None = None) -> DetectionsRef:
     s = runtime.settings(settings)
-    key = f"det/{image['sha']}/{keys.detect_digest(s, extra_queries)}/detections.json"
+    key = keys.detect_key(keys.detect_prefix(image.sha, s, extra_queries))
     det = runtime.perceiver(s).detect(get_rgb(image, s), extra_queries=list(extra_queries or []))
     runtime.store(s).put_json(key, det.to_json())
-    return {"key": key, "n_detections": len(det.labels)}
+    return DetectionsRef(key=key, n_detections=len(det.labels))
 
 
 def detect_cache_key(p: dict[str, Any]) -> str:
     s = runtime.settings(p["settings"])
-    return f"detect-{p['image']['sha']}-{keys.detect_digest(s, p.get('extra_queries'))}"
+    return keys.cache_key(keys.detect_prefix(p["image"].sha, s, p.get("extra_queries")))
 
 
 @task(name="depth")
-def depth(image: dict[str, Any], settings: runtime.SettingsRef) -> dict:
+def depth(image: ImageRef, settings: runtime.SettingsRef) -> DepthRef:
     s = runtime.settings(settings)
-    key = f"depth/{image['sha']}/{keys.depth_digest(s)}/depth.npy"
+    key = keys.depth_key(keys.depth_prefix(image.sha, s))
     d = runtime.perceiver(s).depth(get_rgb(image, s))
     runtime.store(s).put_array(key, np.asarray(d, dtype=np.float32))
-    return {"key": key}
+    return DepthRef(key=key)
 
 
 def depth_cache_key(p: dict[str, Any]) -> str:
     s = runtime.settings(p["settings"])
-    return f"depth-{p['image']['sha']}-{keys.depth_digest(s)}"
+    return keys.cache_key(keys.depth_prefix(p["image"].sha, s))
 
 
 @task(name="merge-ssr")
-def merge_ssr(image: dict[str, Any], seg: dict, det: dict, dep: dict, settings: runtime.SettingsRef) -> dict:
+def merge_ssr(image: ImageRef, seg: SegmentRef, det: DetectionsRef, dep: DepthRef,
+              settings: runtime.SettingsRef) -> SSRRef:
     """Match labels to masks, merge same-label neighbours, attach depth: SSR version 0."""
     s = runtime.settings(settings)
     st = runtime.store(s)
     p = runtime.perceiver(s)
     scene = p.assemble(
-        SegmentResult.from_npz_bytes(st.get_bytes(seg["key"])),
-        Detections.from_json(st.get_json(det["key"])),
-        st.get_array(dep["key"]),
-        image_sha256=image["sha"],
-        width=image["width"],
-        height=image["height"],
+        SegmentResult.from_npz_bytes(st.get_bytes(seg.key)),
+        Detections.from_json(st.get_json(det.key)),
+        st.get_array(dep.key),
+        image_sha256=image.sha,
+        width=image.width,
+        height=image.height,
         version=0,
         provenance=p.provenance(),
     )
-    prefix = keys.ssr_prefix(image["sha"], s)
+    prefix = keys.ssr_prefix(image.sha, s)
     digest = save_scene(st, prefix, scene)
-    st.put_png(f"{prefix}/overlay.png", render_overlay(get_rgb(image, s), scene))
-    return {"prefix": prefix, "digest": digest, "n_objects": len(scene.ssr.objects)}
+    st.put_png(keys.overlay_key(prefix), render_overlay(get_rgb(image, s), scene))
+    return SSRRef(prefix=prefix, digest=digest, n_objects=len(scene.ssr.objects))
 
 
 def merge_cache_key(p: dict[str, Any]) -> str:
     s = runtime.settings(p["settings"])
-    return f"ssr-{p['image']['sha']}-{keys.perception_digest(s)}"
+    return keys.cache_key(keys.ssr_prefix(p["image"].sha, s))
 
 
-def read_scene(ssr: dict[str, Any], settings: runtime.SettingsRef) -> Scene:
-    s = runtime.settings(settings)
-    return load_scene(runtime.store(s), ssr["prefix"])
+def read_scene(ssr: SSRRef, s) -> Scene:
+    return load_scene(runtime.store(s), ssr.prefix)

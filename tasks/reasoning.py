@@ -15,53 +15,51 @@ from cielr_core.ssr import save_scene
 from tasks import keys, runtime
 from tasks.images import get_rgb
 from tasks.perception import read_scene
+from tasks.refs import Decomposition, ImageRef, SSRRef, StepRef
 
 
-def _reasoner(s):
+def _reasoner(s) -> Reasoner:
     p = runtime.perceiver(s)
     return Reasoner(s, runtime.llm(s), updater=p.update_semantic, trace=Trace())
 
 
 @task(name="decompose")
-def decompose(ssr: dict[str, Any], instruction: str, settings: runtime.SettingsRef) -> dict:
+def decompose(ssr: SSRRef, instruction: str, settings: runtime.SettingsRef) -> Decomposition:
     s = runtime.settings(settings)
     st = runtime.store(s)
-    scene = read_scene(ssr, settings)
     r = _reasoner(s)
-    subtasks = r.decompose(instruction, scene)
-    prefix = keys.reason_prefix(ssr["digest"], instruction, s)
-    st.put_bytes(f"{prefix}/decompose-trace.json", r.trace.to_json_bytes())
-    st.put_json(f"{prefix}/subtasks.json", subtasks)
-    return {"subtasks": subtasks, "trace_key": f"{prefix}/decompose-trace.json"}
+    subtasks = r.decompose(instruction, read_scene(ssr, s))
+    prefix = keys.reason_prefix(ssr.digest, instruction, s)
+    trace_key = keys.decompose_trace_key(prefix)
+    st.put_bytes(trace_key, r.trace.to_json_bytes())
+    st.put_json(keys.subtasks_key(prefix), subtasks)
+    return Decomposition(subtasks=subtasks, trace_key=trace_key)
 
 
 def decompose_cache_key(p: dict[str, Any]) -> str:
     s = runtime.settings(p["settings"])
-    return "decompose-" + keys.reason_prefix(p["ssr"]["digest"], p["instruction"], s).replace("/", "-")
+    return keys.cache_key(keys.reason_prefix(p["ssr"].digest, p["instruction"], s))
 
 
 @task(name="reason-step")
-def reason_step(
-    image: dict[str, Any], ssr: dict[str, Any], subtask: str, instruction: str, settings: runtime.SettingsRef
-) -> dict:
+def reason_step(image: ImageRef, ssr: SSRRef, subtask: str, instruction: str, settings: runtime.SettingsRef) -> StepRef:
     """Assess / update / reason for one sub-task; returns the EditStep and the SSR version it refers to."""
     s = runtime.settings(settings)
     st = runtime.store(s)
-    scene = read_scene(ssr, settings)
     r = _reasoner(s)
-    step, final = r.plan_step(subtask, instruction, get_rgb(image, s), scene)
-    prefix = f"{keys.reason_prefix(ssr['digest'], instruction, s)}/{keys.text_sha(subtask)}"
+    step, final = r.plan_step(subtask, instruction, get_rgb(image, s), read_scene(ssr, s))
+    prefix = keys.step_prefix(keys.reason_prefix(ssr.digest, instruction, s), subtask)
     final_ref = ssr
-    if final.ssr.digest() != ssr["digest"]:
-        chain_prefix = f"{ssr['prefix']}/chain/{final.ssr.digest()}"
+    if final.ssr.digest() != ssr.digest:
+        chain_prefix = keys.ssr_chain_prefix(ssr.prefix, final.ssr.digest())
         save_scene(st, chain_prefix, final)
-        final_ref = {"prefix": chain_prefix, "digest": final.ssr.digest(), "n_objects": len(final.ssr.objects)}
-    st.put_bytes(f"{prefix}/trace.json", r.trace.to_json_bytes())
-    st.put_bytes(f"{prefix}/step.json", step.model_dump_json().encode())
-    return {"step": step.model_dump(mode="json"), "ssr": final_ref, "trace_key": f"{prefix}/trace.json"}
+        final_ref = SSRRef(prefix=chain_prefix, digest=final.ssr.digest(), n_objects=len(final.ssr.objects))
+    trace_key = keys.step_trace_key(prefix)
+    st.put_bytes(trace_key, r.trace.to_json_bytes())
+    st.put_bytes(keys.step_key(prefix), step.model_dump_json().encode())
+    return StepRef(step=step, ssr=final_ref, trace_key=trace_key)
 
 
 def reason_step_cache_key(p: dict[str, Any]) -> str:
     s = runtime.settings(p["settings"])
-    base = keys.reason_prefix(p["ssr"]["digest"], p["instruction"], s).replace("/", "-")
-    return f"reason-{base}-{keys.text_sha(p['subtask'])}"
+    return keys.cache_key(keys.step_prefix(keys.reason_prefix(p["ssr"].digest, p["instruction"], s), p["subtask"]))

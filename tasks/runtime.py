@@ -1,9 +1,11 @@
 """Per-process state behind the tasks: settings, stores and stage objects, built once and reused.
 
-Tasks receive settings as a reference: the canonical JSON string of the settings dict (no secrets;
-see ``cielr_core.config.settings_to_dict`` and :func:`settings_ref`), or that dict itself
-and look the heavy objects up here, so models stay resident in the worker process between tasks
-(the model registry in ``cielr_core.models`` does the actual once-per-process loading).
+Settings are resolved once per flow run (:func:`resolve`) and travel to every task as one
+:class:`SettingsRef`: the canonical JSON of the settings without secrets and its digest, computed
+once. A task turns it back into ``Settings`` with :func:`settings`, which looks the digest up in
+this process (parsing the JSON only the first time), and looks the heavy objects up here, so models
+stay resident in the worker process between tasks (the model registry in ``cielr_core.models``
+does the actual once-per-process loading).
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ import os
 import threading
 from typing import Any
 
-from cielr_core.config import Settings, settings_from_dict, settings_to_dict
-from storage import ArtifactStore, sha256_json
+from pydantic import BaseModel, ConfigDict
+
+from cielr_core.canonical import canonical_json, sha256_bytes, sha256_json
+from cielr_core.config import Settings, load_settings, settings_from_dict, settings_to_dict
+from storage import ArtifactStore
 
 _lock = threading.Lock()
 _settings: dict[str, Settings] = {}
@@ -22,31 +27,45 @@ _perceivers: dict[str, Any] = {}
 _llms: dict[str, Any] = {}
 
 
-SettingsRef = str | dict[str, Any]
+class SettingsRef(BaseModel):
+    """The settings of one flow run as tasks take them: canonical JSON (no secrets: the receiving
+    process takes those from its own environment) and its sha256, computed once."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    digest: str
+    data: str
 
 
-def settings_ref(s: Settings) -> str:
-    """What tasks take as ``settings``: one JSON string. A string keeps Prefect from walking a deep
-    dict for futures on every task call (that walk was a quarter of the per-task overhead)."""
-    import json
+def resolve(profile: str | None = None, config: dict[str, Any] | None = None,
+            store: str | None = None) -> Settings:
+    """Flow parameters -> Settings: ``config`` takes the YAML file's place (so CIELR_* env still
+    wins over it, as on the command line); ``store`` is an explicit override."""
+    overrides = {"store": {"url": store}} if store else None
+    return load_settings(profile=profile, config_data=config, overrides=overrides)
 
-    return json.dumps(settings_to_dict(s), sort_keys=True, separators=(",", ":"))
 
-
-def settings(data: SettingsRef | Settings) -> Settings:
-    if isinstance(data, Settings):
-        return data
-    key = sha256_json(data)
+def settings_ref(s: Settings) -> SettingsRef:
+    """What tasks take as ``settings``: computed once per flow run and passed down as it is."""
+    data = canonical_json(settings_to_dict(s))
+    ref = SettingsRef(digest=sha256_bytes(data), data=data.decode("utf-8"))
     with _lock:
-        s = _settings.get(key)
-    if s is None:
-        if isinstance(data, str):
-            import json
+        _settings.setdefault(ref.digest, s)
+    return ref
 
-            data = json.loads(data)
-        s = settings_from_dict(data)
+
+def settings(ref: SettingsRef | Settings) -> Settings:
+    """The Settings behind a reference: parsed once per process, then a dictionary look-up."""
+    if isinstance(ref, Settings):
+        return ref
+    with _lock:
+        s = _settings.get(ref.digest)
+    if s is None:
+        import json
+
+        s = settings_from_dict(json.loads(ref.data))
         with _lock:
-            _settings[key] = s
+            s = _settings.setdefault(ref.digest, s)
     return s
 
 
@@ -97,14 +116,16 @@ def result_storage(s: Settings):
     """
     from pathlib import Path
 
+    from tasks import keys
+
     st = store(s)
     if st.protocol == "file":
-        return Path(st.root) / "prefect"
+        return Path(st.root) / keys.PREFECT_PREFIX
     if s.store.key is not None:
         os.environ.setdefault("AWS_ACCESS_KEY_ID", s.store.key.get_secret_value())
     if s.store.secret is not None:
         os.environ.setdefault("AWS_SECRET_ACCESS_KEY", s.store.secret.get_secret_value())
-    basepath = f"s3://{st.root}/prefect"
+    basepath = f"s3://{st.root}/{keys.PREFECT_PREFIX}"
     opts: dict[str, Any] = {"skip_instance_cache": True}
     if s.store.endpoint_url:
         opts["endpoint_url"] = s.store.endpoint_url

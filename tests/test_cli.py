@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from flows.cli import app
+from cli.main import app
 from storage import ArtifactStore
 
 runner = CliRunner()

@@ -93,7 +93,7 @@ def test_resolve_model_paths(tmp_path):
 
 
 def test_cli_config_show(monkeypatch):
-    from flows.cli import app
+    from cli.main import app
 
     monkeypatch.setenv("CIELR_LLM__API_KEY", "sk-cli-secret")
     r = CliRunner().invoke(app, ["config", "show", "--profile", "tiny", "--digests"])

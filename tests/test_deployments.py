@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from cli.commands.demo import write_demo_inputs
 from deployments.helper import (
     POOL_TYPES,
     PREFECT_FILE,
@@ -32,7 +33,6 @@ from deployments.helper import (
     render_job_configuration,
     variable_defaults,
 )
-from flows.commands.demo import write_demo_inputs
 from storage import ArtifactStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,7 +164,7 @@ def test_deploy_and_a_real_worker_run_the_nightly_deployment(prefect_server, tin
     manifest = tmp_path / "data" / "manifest.parquet"
     store = tmp_path / "store"
     deploy = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "deploy", "--pool-type", "process", "--pool", "test-gpu-pool",
+        [sys.executable, "-m", "cli.main", "deploy", "--pool-type", "process", "--pool", "test-gpu-pool",
          "--manifest", str(manifest), "--store", str(store), "--profile", "tiny", "--name", "nightly",
          "--cron", "30 1 * * *"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

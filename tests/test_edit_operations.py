@@ -609,7 +609,7 @@ def _cielr_edit(op, tiny_models_dir, ciebench_dir, tmp_path, monkeypatch, *extra
     from PIL import Image
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from cli.main import app
     from tasks import runtime
 
     llm = OperationScriptLLM(op)

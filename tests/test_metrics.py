@@ -343,13 +343,13 @@ def test_idcs_judge_failure_leaves_idcs_missing(settings):
 
 def test_make_idcs_judges_uses_make_llm_at_temperature_zero(monkeypatch, settings):
     seen = []
-    fake_llm = types.ModuleType("cielr_core.reasoning.llm")
+    fake_llm = types.ModuleType("cielr_core.reasoning.factory")
     fake_llm.make_llm = lambda cfg, s: seen.append(cfg) or ScriptedLLMDouble([])
     fake_pkg = types.ModuleType("cielr_core.reasoning")
     fake_pkg.__path__ = []
-    fake_pkg.llm = fake_llm
+    fake_pkg.factory = fake_llm
     monkeypatch.setitem(sys.modules, "cielr_core.reasoning", fake_pkg)
-    monkeypatch.setitem(sys.modules, "cielr_core.reasoning.llm", fake_llm)
+    monkeypatch.setitem(sys.modules, "cielr_core.reasoning.factory", fake_llm)
     s = settings.model_copy(deep=True)
     s.eval.vlm.temperature = 0.7
     vlm, llm = MX.make_idcs_judges(s)

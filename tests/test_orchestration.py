@@ -22,8 +22,8 @@ import pytest
 from PIL import Image
 
 from cielr_core import models
-from flows.commands.demo import write_demo_inputs
-from flows.manifest import write_manifest
+from cielr_core.manifest import write_manifest
+from cli.commands.demo import write_demo_inputs
 from storage import ArtifactStore
 from tasks import runtime
 
@@ -45,13 +45,8 @@ def _rows(store: ArtifactStore, uri: str) -> list[dict]:
 
 
 def _stage_counts(row: dict) -> dict[str, tuple[int, int]]:
-    """'segment:1/1,detect:0/1' -> {'segment': (1, 1), 'detect': (0, 1)}  (cached, calls)."""
-    out = {}
-    for part in filter(None, (row.get("cached_stages") or "").split(",")):
-        name, frac = part.split(":")
-        hit, calls = frac.split("/")
-        out[name] = (int(hit), int(calls))
-    return out
+    """The cached_stages map column -> {'segment': (1, 1), 'detect': (0, 1)}  (cached, calls)."""
+    return {name: (c["hits"], c["calls"]) for name, c in (row.get("cached_stages") or [])}
 
 
 def _fresh_process_state() -> None:
@@ -264,7 +259,7 @@ def test_killed_run_resumes_without_recomputing_finished_rows(prefect_harness, t
     store_url = tmp_path / "store"
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "CIELR_MODELS_DIR": str(tiny_models_dir),
            "CIELR_ORCHESTRATION__RETRY_DELAY_S": "0"}
-    cmd = [sys.executable, "-m", "flows.cli", "run", str(manifest), "--store", str(store_url), "--profile", "tiny"]
+    cmd = [sys.executable, "-m", "cli.main", "run", str(manifest), "--store", str(store_url), "--profile", "tiny"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     deadline = time.monotonic() + 600
@@ -311,7 +306,7 @@ def test_segment_retries_a_cuda_oom_once_at_half_the_point_batch(tiny_settings, 
     monkeypatch.setattr(runtime, "perceiver", lambda s: OOMOncePerceiverDouble())
     image = put_rgb(np.zeros((4, 4, 3), np.uint8), tiny_settings)
     out = tp.segment.fn(image=image, settings=tiny_settings, sam2_overrides=None)
-    assert out["n_masks"] == 1
+    assert out.n_masks == 1
     assert calls == [{}, {"points_per_batch": max(1, tiny_settings.perception.sam2.points_per_batch // 2)}]
 
     class AlwaysBadInputDouble:

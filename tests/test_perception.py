@@ -531,7 +531,7 @@ def test_missing_hub_weights_offline_name_the_model(photo):
 def test_cli_ssr_writes_ssr_masks_overlay(perception_models, ciebench_dir, tmp_path, monkeypatch, photo_scene):
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from cli.main import app
 
     monkeypatch.setenv("CIELR_MODELS_DIR", str(perception_models))
     img = ciebench_dir / CIEBENCH_ID / f"{CIEBENCH_ID}.png"
@@ -559,7 +559,7 @@ def test_cli_ssr_default_writes_into_the_store_at_the_task_key(perception_models
     from typer.testing import CliRunner
 
     from cielr_core.images import image_digest
-    from flows.cli import app
+    from cli.main import app
     from tasks.keys import ssr_prefix
 
     monkeypatch.setenv("CIELR_MODELS_DIR", str(perception_models))
@@ -579,7 +579,7 @@ def test_cli_ssr_default_writes_into_the_store_at_the_task_key(perception_models
 def test_cli_ssr_refuses_bad_input_clearly(case, perception_models, ciebench_dir, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from cli.main import app
 
     monkeypatch.setenv("CIELR_MODELS_DIR", str(perception_models))
     bad = tmp_path / "bad.png"

@@ -750,8 +750,8 @@ def test_cli_plan(tmp_path, chat_server):
     import yaml
     from typer.testing import CliRunner
 
-    from flows.commands import plan as plan_cmd
     from cielr_core.masks import encode_mask_png
+    from cli.commands import plan as plan_cmd
 
     sc = make_scene()
     (tmp_path / "masks").mkdir()

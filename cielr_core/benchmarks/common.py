@@ -17,16 +17,11 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
+from cielr_core.manifest import write_manifest as to_manifest  # noqa: F401 - the benchmarks' writer
 from cielr_core.metrics.pixel import fit_mask
 
-MANIFEST_COLUMNS: list[tuple[str, pa.DataType]] = [
-    ("image_id", pa.string()), ("image_uri", pa.string()), ("instruction", pa.string()), ("seed", pa.int64()),
-    ("mask_uri", pa.string()), ("reference_text", pa.string()),
-]
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 _SAFE_ID = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -75,31 +70,6 @@ def load_gt_mask(uri: str | bytes, size: tuple[int, int] | None = None) -> np.nd
     if size is None:
         return m > 127
     return fit_mask(m, (size[1], size[0]))
-
-
-def to_manifest(rows: Iterable[dict[str, Any]], path: str | os.PathLike, *, extra_columns: Iterable[str] = ()) -> str:
-    """Write rows as a Parquet manifest (columns ``image_id``, ``image_uri``, ``instruction``,
-    ``seed``, ``mask_uri``, ``reference_text``, then ``extra_columns`` as strings) and return
-    the path. Written to a temporary file and renamed, so a reader never sees half a file."""
-    rows = list(rows)
-    fields = list(MANIFEST_COLUMNS) + [(c, pa.string()) for c in extra_columns]
-    schema = pa.schema(fields)
-    data = []
-    for r in rows:
-        rec = {}
-        for name, typ in fields:
-            v = r.get(name)
-            if v is not None and typ == pa.string() and not isinstance(v, str):
-                v = str(v)
-            rec[name] = v
-        data.append(rec)
-    table = pa.Table.from_pylist(data, schema=schema)
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-    return path
 
 
 def natural_key(s: str) -> list[Any]:

@@ -97,16 +97,12 @@ def _is_flux_fill(source: str) -> bool:
     return "flux" in s and "fill" in s
 
 
-def _looks_local(source: str) -> bool:
-    return os.path.isabs(source) or source.startswith((".", "~"))
-
-
 def unavailable_hint(source: str, revision: str | None, cause: BaseException | str) -> str:
     """The ModelUnavailableError message for an inpaint pipeline: what failed and the ways out."""
     rev = f" (revision {revision})" if revision else ""
     if os.path.isdir(source):
         where = f"the local folder {source!r} exists but is not a loadable diffusers pipeline (model_index.json + components); re-create it or"
-    elif _looks_local(source):
+    elif registry.looks_local(source):
         where = f"the local path {source!r} does not exist; fix editing.model.path (CIELR_EDITING__MODEL__PATH) or"
     else:
         where = (
@@ -126,7 +122,7 @@ def diffusers_loader(source: str, revision: str | None, device: str) -> Pipeline
     def load(dtype_name: str) -> Any:
         from diffusers import AutoPipelineForInpainting
 
-        if _looks_local(source) and not os.path.exists(source):
+        if registry.looks_local(source) and not os.path.exists(source):
             raise registry.ModelUnavailableError(unavailable_hint(source, revision, "no such file or directory"))
         dtype = registry.resolve_dtype(dtype_name, device)
         kw = registry.hf_kwargs(revision)

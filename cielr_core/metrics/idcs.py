@@ -130,7 +130,7 @@ def make_idcs_judges(settings) -> tuple[Any, Any]:
     from cielr_core.models import ModelUnavailableError
 
     try:
-        from cielr_core.reasoning.llm import make_llm
+        from cielr_core.reasoning.factory import make_llm
     except ImportError as e:  # the reasoning package is absent or broken
         raise ModelUnavailableError(f"IDCS judges unavailable: cannot import cielr_core.reasoning: {e}") from e
     vlm_cfg = settings.eval.vlm.model_copy(update={"temperature": 0.0})

@@ -90,28 +90,14 @@ def get_lpips(settings, *, net: str | None = None):
 def get_clip(settings) -> tuple[Any, Any]:
     """(CLIPModel, CLIPProcessor) for ``eval.clip``."""
     cfg = _eval_cfg(settings)
-    src = settings.resolve_model(cfg.clip)
-    device = metric_device(settings)
-
-    def load():
-        from transformers import CLIPModel, CLIPProcessor
-
-        kw = registry.hf_kwargs(cfg.clip.revision)
-        return CLIPModel.from_pretrained(src, **kw).eval().to(device), CLIPProcessor.from_pretrained(src, **kw)
-
-    return registry.get_model("clip", src, load, revision=cfg.clip.revision, device=device, dtype="float32")
+    return registry.load_pretrained_pair(
+        "clip", settings.resolve_model(cfg.clip), registry.transformers_class("CLIPModel"),
+        registry.transformers_class("CLIPProcessor"), revision=cfg.clip.revision, device=metric_device(settings))
 
 
 def get_dino(settings) -> tuple[Any, Any]:
     """(model, image processor) for ``eval.dino`` (a ViT / DINOv2 checkpoint; CLS token features)."""
     cfg = _eval_cfg(settings)
-    src = settings.resolve_model(cfg.dino)
-    device = metric_device(settings)
-
-    def load():
-        from transformers import AutoImageProcessor, AutoModel
-
-        kw = registry.hf_kwargs(cfg.dino.revision)
-        return AutoModel.from_pretrained(src, **kw).eval().to(device), AutoImageProcessor.from_pretrained(src, **kw)
-
-    return registry.get_model("dino", src, load, revision=cfg.dino.revision, device=device, dtype="float32")
+    return registry.load_pretrained_pair(
+        "dino", settings.resolve_model(cfg.dino), registry.transformers_class("AutoModel"),
+        registry.transformers_class("AutoImageProcessor"), revision=cfg.dino.revision, device=metric_device(settings))

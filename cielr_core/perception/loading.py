@@ -12,12 +12,15 @@ from typing import Any
 
 import torch
 
-from cielr_core.models import ModelUnavailableError, get_model, hf_kwargs, unavailable_message
-
-
-def _looks_local(source: str) -> bool:
-    """A filesystem path rather than a hub id (``org/name``)."""
-    return os.path.isabs(source) or source.startswith(("./", "../", "~")) or os.path.exists(source)
+from cielr_core.models import (
+    ModelUnavailableError,
+    get_model,
+    hf_kwargs,
+    load_pretrained_pair,
+    looks_local,
+    transformers_class,
+    unavailable_message,
+)
 
 
 def missing_local(kind: str, source: str, revision: str | None, models_dir: str | None) -> ModelUnavailableError:
@@ -35,7 +38,7 @@ def missing_local(kind: str, source: str, revision: str | None, models_dir: str 
 def _sam2_checkpoint(source: str, revision: str | None, models_dir: str | None) -> str:
     if os.path.exists(source):
         return source
-    if _looks_local(source) or "/" not in source:
+    if looks_local(source) or "/" not in source:
         raise missing_local("sam2", source, revision, models_dir)
     from sam2.build_sam import HF_MODEL_ID_TO_FILENAMES
 
@@ -80,37 +83,22 @@ def load_sam2(source: str, *, config_name: str, hydra_overrides: list[str], revi
 
 # -- transformers models ------------------------------------------------------------------------
 def _hf_check(kind: str, source: str, revision: str | None, models_dir: str | None) -> None:
-    if not os.path.exists(source) and _looks_local(source):
+    if not os.path.exists(source) and looks_local(source):
         raise missing_local(kind, source, revision, models_dir)
 
 
 def load_owlv2(source: str, *, revision: str | None, device: str, dtype: torch.dtype,
                models_dir: str | None = None) -> tuple[Any, Any]:
     """(Owlv2ForObjectDetection, Owlv2Processor)."""
-
-    def loader() -> tuple[Any, Any]:
-        from transformers import Owlv2ForObjectDetection, Owlv2Processor
-
-        _hf_check("owlv2", source, revision, models_dir)
-        kw = hf_kwargs(revision)
-        model = Owlv2ForObjectDetection.from_pretrained(source, dtype=dtype, **kw).to(device).eval()
-        processor = Owlv2Processor.from_pretrained(source, **kw)
-        return model, processor
-
-    return get_model("owlv2", source, loader, revision=revision, device=device, dtype=str(dtype))
+    return load_pretrained_pair("owlv2", source, transformers_class("Owlv2ForObjectDetection"),
+                                transformers_class("Owlv2Processor"),
+                                revision=revision, device=device, dtype=dtype,
+                                check=lambda: _hf_check("owlv2", source, revision, models_dir))
 
 
 def load_depth(source: str, *, revision: str | None, device: str, dtype: torch.dtype,
                models_dir: str | None = None) -> tuple[Any, Any]:
     """(DepthAnythingForDepthEstimation (or any depth-estimation model), its image processor)."""
-
-    def loader() -> tuple[Any, Any]:
-        from transformers import AutoImageProcessor, AutoModelForDepthEstimation
-
-        _hf_check("depth", source, revision, models_dir)
-        kw = hf_kwargs(revision)
-        model = AutoModelForDepthEstimation.from_pretrained(source, dtype=dtype, **kw).to(device).eval()
-        processor = AutoImageProcessor.from_pretrained(source, **kw)
-        return model, processor
-
-    return get_model("depth", source, loader, revision=revision, device=device, dtype=str(dtype))
+    return load_pretrained_pair("depth", source, transformers_class("AutoModelForDepthEstimation"),
+                                transformers_class("AutoImageProcessor"), revision=revision, device=device,
+                                dtype=dtype, check=lambda: _hf_check("depth", source, revision, models_dir))

@@ -1,6 +1,7 @@
 """Reasoning (CIELR §3.4): LLM backends, the decompose/assess/update/reason loop over the SSR,
 built-in spatial relations and a sandbox for LLM-written spatial code. No prefect here."""
 
+from cielr_core.reasoning.factory import make_llm
 from cielr_core.reasoning.llm import (
     LLM,
     AnswerParseError,
@@ -8,7 +9,6 @@ from cielr_core.reasoning.llm import (
     LLMCall,
     LLMError,
     grammar_schema,
-    make_llm,
     parse_answer,
 )
 from cielr_core.reasoning.loop import Reasoner

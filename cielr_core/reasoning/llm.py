@@ -23,13 +23,10 @@ import copy
 import json
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ValidationError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from cielr_core.config import LLMConfig, Settings
 
 
 class LLMError(RuntimeError):
@@ -55,6 +52,8 @@ class AnswerParseError(RuntimeError):
 
 class InvalidAnswerError(RuntimeError):
     """The answer was still invalid after ``reasoning.max_invalid_retries`` re-asks."""
+
+    transient = False  # a method-level verdict: the same call gives the same answer
 
     def __init__(self, call_name: str, error: str, attempts: int):
         super().__init__(
@@ -183,16 +182,3 @@ def _bounded_text_pattern(lo: int, hi: int) -> str:
         k, r = divmod(rest, _MAX_REPEAT)
         tail = "(%s{0,%d}){0,%d}" % (_SAFE_CHAR, _MAX_REPEAT, k) + (_SAFE_CHAR + "{0,%d}" % r if r else "")
     return "^" + head + tail + "$"
-
-
-def make_llm(llm_cfg: "LLMConfig", settings: "Settings") -> LLM:
-    """The backend named by ``llm_cfg.backend`` (``transformers`` in-process or ``openai`` HTTP)."""
-    if llm_cfg.backend == "openai":
-        from cielr_core.reasoning.openai_backend import OpenAILLM
-
-        return OpenAILLM(llm_cfg)
-    if llm_cfg.backend == "transformers":
-        from cielr_core.reasoning.transformers_backend import TransformersLLM
-
-        return TransformersLLM(llm_cfg, settings)
-    raise ValueError(f"unknown LLM backend {llm_cfg.backend!r}")

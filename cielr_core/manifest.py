@@ -1,29 +1,36 @@
-"""Dataset manifests: Parquet with `image_id`, `image_uri`, `instruction` (optional `seed`,
-`mask_uri`, `reference_text`), validated up front. Bad rows are reported and skipped, not fatal;
-a manifest that cannot be read at all, or lacks a required column, is a clear error."""
+"""Dataset manifests: the schema, the row rules and the one writer.
+
+A manifest is Parquet with ``image_id``, ``image_uri``, ``instruction`` (optional ``seed``,
+``mask_uri``, ``reference_text``; benchmarks may add string columns). Rows are validated up front:
+bad rows are reported and skipped, not fatal; a manifest that lacks a required column is a clear
+error. Reading the bytes (local, s3://) is the orchestration's job (tasks/manifest.py).
+"""
 
 from __future__ import annotations
 
-import io
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cielr_core.config import Settings
-
+MANIFEST_COLUMNS: list[tuple[str, pa.DataType]] = [
+    ("image_id", pa.string()), ("image_uri", pa.string()), ("instruction", pa.string()), ("seed", pa.int64()),
+    ("mask_uri", pa.string()), ("reference_text", pa.string()),
+]
 REQUIRED = ("image_id", "image_uri", "instruction")
-OPTIONAL = ("seed", "mask_uri", "reference_text")
+OPTIONAL = tuple(name for name, _ in MANIFEST_COLUMNS if name not in REQUIRED)
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_INSTRUCTION_CHARS = 2000
 
 
 class ManifestError(ValueError):
     """The manifest as a whole cannot be used."""
+
+    transient = False
 
 
 @dataclass
@@ -62,24 +69,10 @@ def _under(uri: str, roots: list[str]) -> bool:
     return False
 
 
-def read_table(uri: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
-    try:
-        with fsspec.open(uri, "rb", **(storage_options or {})) as f:
-            data = f.read()
-    except FileNotFoundError as e:
-        raise ManifestError(f"manifest {uri}: no such file") from e
-    except Exception as e:  # noqa: BLE001
-        raise ManifestError(f"manifest {uri}: cannot be read: {type(e).__name__}: {e}") from e
-    try:
-        return pq.read_table(io.BytesIO(data))
-    except Exception as e:  # noqa: BLE001
-        raise ManifestError(f"manifest {uri}: not a readable Parquet file: {e}") from e
-
-
-def load_manifest(uri: str, settings: Settings, *, limit: int | None = None) -> Manifest:
-    from tasks.images import storage_options_for
-
-    table = read_table(uri, storage_options_for(uri, settings))
+def validate(uri: str, table: pa.Table, *, allowed_roots: list[str], limit: int | None = None) -> Manifest:
+    """The rows of a manifest ``table`` read from ``uri``: valid rows (URIs resolved against the
+    manifest's folder) and rejected ones, each with its error. ``allowed_roots`` empty: the
+    manifest's own folder."""
     missing = [c for c in REQUIRED if c not in table.column_names]
     if missing:
         raise ManifestError(
@@ -87,7 +80,7 @@ def load_manifest(uri: str, settings: Settings, *, limit: int | None = None) -> 
             f"(has {', '.join(table.column_names) or 'no columns'})"
         )
     base_dir = None if _is_remote(uri) else os.path.dirname(os.path.realpath(_local(uri)))
-    roots = list(settings.limits.allowed_input_roots) or ([base_dir] if base_dir else [uri.rsplit("/", 1)[0]])
+    roots = list(allowed_roots) or ([base_dir] if base_dir else [uri.rsplit("/", 1)[0]])
     cols = [c for c in REQUIRED + OPTIONAL if c in table.column_names]
     records = table.select(cols).to_pylist()
     if limit is not None:
@@ -95,7 +88,7 @@ def load_manifest(uri: str, settings: Settings, *, limit: int | None = None) -> 
     out = Manifest(uri=uri)
     seen: set[str] = set()
     for i, rec in enumerate(records):
-        error = _row_error(rec, seen)
+        error = row_error(rec, seen)
         row = {
             "row": i,
             "image_id": rec.get("image_id") if isinstance(rec.get("image_id"), str) else str(rec.get("image_id")),
@@ -122,7 +115,7 @@ def load_manifest(uri: str, settings: Settings, *, limit: int | None = None) -> 
     return out
 
 
-def _row_error(rec: dict[str, Any], seen: set[str]) -> str | None:
+def row_error(rec: dict[str, Any], seen: set[str]) -> str | None:
     for c in REQUIRED:
         v = rec.get(c)
         if v is None or (isinstance(v, str) and not v.strip()):
@@ -146,13 +139,27 @@ def _row_error(rec: dict[str, Any], seen: set[str]) -> str | None:
     return None
 
 
-def write_manifest(rows: list[dict[str, Any]], path: str) -> str:
-    """Write rows (dicts with at least the required columns) as a Parquet manifest."""
-    cols: dict[str, list[Any]] = {c: [r.get(c) for r in rows] for c in REQUIRED}
-    for c in OPTIONAL:
-        if any(r.get(c) is not None for r in rows):
-            cols[c] = [r.get(c) for r in rows]
-    table = pa.table(cols)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    pq.write_table(table, path)
+
+def write_manifest(rows: Iterable[dict[str, Any]], path: str | os.PathLike, *, extra_columns: Iterable[str] = ()) -> str:
+    """Write rows as a Parquet manifest (columns ``image_id``, ``image_uri``, ``instruction``,
+    ``seed``, ``mask_uri``, ``reference_text``, then ``extra_columns`` as strings) and return
+    the path. Written to a temporary file and renamed, so a reader never sees half a file."""
+    rows = list(rows)
+    fields = list(MANIFEST_COLUMNS) + [(c, pa.string()) for c in extra_columns]
+    schema = pa.schema(fields)
+    data = []
+    for r in rows:
+        rec = {}
+        for name, typ in fields:
+            v = r.get(name)
+            if v is not None and typ == pa.string() and not isinstance(v, str):
+                v = str(v)
+            rec[name] = v
+        data.append(rec)
+    table = pa.Table.from_pylist(data, schema=schema)
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
     return path

@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from flows.commands.common import ConfigFileOpt, ProfileOpt, fail, settings_or_exit
+from cli.commands.common import ConfigFileOpt, ProfileOpt, fail, settings_or_exit
 
 
 def register(app: typer.Typer) -> None:
@@ -48,12 +48,11 @@ def register(app: typer.Typer) -> None:
         tr = Trace()
         store_prefix = None
         if not out:
-            from storage import ArtifactStore, sha256_json
-            from tasks.keys import reasoning_digest, text_sha
+            from storage import ArtifactStore
+            from tasks import keys
 
             st = ArtifactStore.from_config(settings.store)
-            # the reasoning digest of the pipeline's own keys: LLM, loop settings, prompt and code versions
-            store_prefix = f"plan/{scene.ssr.digest()}/{sha256_json([text_sha(instruction), reasoning_digest(settings)])}"
+            store_prefix = keys.plan_prefix(scene.ssr.digest(), instruction, settings)
         traces = [trace] + ([os.path.join(out, "trace.json")] if out else [])
         if out:
             os.makedirs(out, exist_ok=True)
@@ -63,14 +62,14 @@ def register(app: typer.Typer) -> None:
         except (InvalidAnswerError, LLMError, ModelUnavailableError) as e:
             _write(traces, tr.to_json_bytes())
             if store_prefix:
-                st.put_bytes(f"{store_prefix}/trace.json", tr.to_json_bytes())
+                st.put_bytes(keys.plan_trace_key(store_prefix), tr.to_json_bytes())
             raise fail(f"{type(e).__name__}: {e}") from e
         _write(traces, tr.to_json_bytes())
         if out:
             _write([os.path.join(out, "plan.json")], result.canonical_json())
         else:
-            st.put_bytes(f"{store_prefix}/trace.json", tr.to_json_bytes())
-            st.put_bytes(f"{store_prefix}/plan.json", result.canonical_json())
+            st.put_bytes(keys.plan_trace_key(store_prefix), tr.to_json_bytes())
+            st.put_bytes(keys.plan_key(store_prefix), result.canonical_json())
             typer.echo(f"plan.json and trace.json: {st.uri_for(store_prefix)}", err=True)
         typer.echo(json.dumps(result.model_dump(mode="json"), indent=2))
 
@@ -96,8 +95,8 @@ def _perceive(path: str, settings):
 def _load_ssr(ssr_json: str, image: Optional[str], settings):
     from pydantic import ValidationError
 
-    from cielr_core.ssr import SSR, Scene
     from cielr_core.masks import decode_mask_png
+    from cielr_core.ssr import SSR, Scene
 
     try:
         with open(ssr_json, "rb") as f:

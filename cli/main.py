@@ -22,9 +22,9 @@ COMMAND_MODULES = ["config", "models", "ssr", "plan", "edit", "run", "demo", "do
 
 for _name in COMMAND_MODULES:
     try:
-        _mod = importlib.import_module(f"flows.commands.{_name}")
+        _mod = importlib.import_module(f"cli.commands.{_name}")
     except ModuleNotFoundError as _e:
-        if _e.name == f"flows.commands.{_name}":
+        if _e.name == f"cli.commands.{_name}":
             continue  # command not built yet
         raise
     _mod.register(app)

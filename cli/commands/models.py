@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from flows.commands.common import ConfigFileOpt, settings_or_exit
+from cli.commands.common import ConfigFileOpt, settings_or_exit
 
 
 def register(app: typer.Typer) -> None:

@@ -27,7 +27,7 @@ def write_demo_inputs(folder: Path, ciebench: str | None, n: int) -> tuple[Path,
     """Real photos + instructions and a Parquet manifest in ``folder``."""
     from PIL import Image
 
-    from flows.manifest import write_manifest
+    from cielr_core.manifest import write_manifest
 
     images = folder / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -65,7 +65,7 @@ def register(app: typer.Typer) -> None:
 
         from cielr_core.config import load_settings
         from cielr_core.tiny import FAMILIES, is_complete, make
-        from flows.commands.run import summarize_results
+        from cli.commands.run import summarize_results
 
         console = Console(stderr=True)
         settings = load_settings(profile="tiny")
@@ -90,7 +90,9 @@ def register(app: typer.Typer) -> None:
             uri = edit_dataset(manifest_uri=str(manifest), store=store, profile="tiny", config=config)
         summarize_results(uri, store, "tiny", config)
         console.print(f"store (SSRs, masks, traces, edited images): {store}")
-        console.print(f"edited images: {store}/out/<image sha>/<instruction sha>/<config digest>/edited.png "
+        from tasks.keys import OUTPUT_FILES, OUTPUT_LAYOUT
+
+        console.print(f"edited images: {store}/{OUTPUT_LAYOUT}{OUTPUT_FILES['edited']} "
                       "(paths per row in results.parquet)")
         console.print(NOTE, style="yellow")
         typer.echo(uri)

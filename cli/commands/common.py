@@ -7,6 +7,7 @@ from typing import Any, Optional
 import typer
 
 from cielr_core.config import ConfigError, Settings, load_settings
+from cielr_core.config import read_config_file as config_file_data
 
 ProfileOpt = typer.Option(None, "--profile", "-p", help="config profile: default (real models) or tiny")
 ConfigFileOpt = typer.Option(None, "--config", "-c", help="YAML config file (CIELR_CONFIG_FILE)")
@@ -29,20 +30,7 @@ def fail(message: str, code: int = 1) -> "typer.Exit":
 
 def read_config_file(path: Optional[str]) -> dict[str, Any] | None:
     """A YAML config file as a mapping (what flows take as their `config` parameter)."""
-    import os
-
-    import yaml
-
-    path = path or os.environ.get("CIELR_CONFIG_FILE")
-    if not path:
-        return None
     try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-    except OSError as e:
-        raise fail(f"cannot read config file {path}: {e.strerror or e}", 2) from e
-    except yaml.YAMLError as e:
-        raise fail(f"config file {path} is not valid YAML: {e}", 2) from e
-    if not isinstance(data, dict):
-        raise fail(f"config file {path} must hold a mapping", 2)
-    return data
+        return config_file_data(path)
+    except ConfigError as e:
+        raise fail(str(e), 2) from e

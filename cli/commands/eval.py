@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from flows.commands.common import ConfigFileOpt, ProfileOpt, fail, read_config_file
+from cli.commands.common import ConfigFileOpt, ProfileOpt, fail, read_config_file
 
 
 def register(app: typer.Typer) -> None:

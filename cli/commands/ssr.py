@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from flows.commands.common import ConfigFileOpt, ProfileOpt, fail, settings_or_exit
+from cli.commands.common import ConfigFileOpt, ProfileOpt, fail, settings_or_exit
 
 
 def register(app: typer.Typer) -> None:
@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
         from cielr_core.perception import Perceiver, render_overlay
         from cielr_core.ssr import save_scene
         from storage import ArtifactStore, StoreError
-        from tasks.keys import ssr_prefix
+        from tasks import keys
 
         s = settings_or_exit(profile, config_file)
         try:
@@ -47,11 +47,11 @@ def register(app: typer.Typer) -> None:
             store, prefix = ArtifactStore(os.path.abspath(out)), None
         else:
             store = ArtifactStore.from_config(s.store)
-            prefix = ssr_prefix(sha, s)  # where the pipeline's merge-ssr task writes it too
+            prefix = keys.ssr_prefix(sha, s)  # where the pipeline's merge-ssr task writes it too
         try:
             if prefix:
                 digest = save_scene(store, prefix, scene)
-                store.put_png(f"{prefix}/overlay.png", render_overlay(rgb, scene))
+                store.put_png(keys.overlay_key(prefix), render_overlay(rgb, scene))
                 where = store.uri_for(prefix)
             else:  # the folder itself is the SSR's root: masks first, ssr.json last (= complete)
                 for oid, obj in scene.ssr.objects.items():

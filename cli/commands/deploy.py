@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from flows.commands.common import fail
+from cli.commands.common import fail
 
 
 def register(app: typer.Typer) -> None:

@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import typer
 
-from flows.commands.common import ConfigFileOpt, ProfileOpt, fail, read_config_file
+from cli.commands.common import ConfigFileOpt, ProfileOpt, fail, read_config_file
 
 
 def register(app: typer.Typer) -> None:
@@ -27,8 +27,8 @@ def register(app: typer.Typer) -> None:
             raise fail("--runner must be default or dask", 2)
         if dask_address and runner != "dask":
             raise fail("--dask-address needs --runner dask", 2)
+        from cielr_core.manifest import ManifestError
         from flows.edit_dataset import edit_dataset
-        from flows.manifest import ManifestError
 
         config: dict[str, Any] | None = read_config_file(config_file)
         try:
@@ -43,16 +43,10 @@ def register(app: typer.Typer) -> None:
 
 
 def summarize_results(uri: str, store: str | None, profile: str | None, config: dict[str, Any] | None) -> None:
-    import io
+    from tasks import runtime
 
-    import pyarrow.parquet as pq
-
-    from flows.edit_image import resolve_settings
-    from storage import ArtifactStore
-
-    s = resolve_settings(profile, config, store)
-    st = ArtifactStore.from_config(s.store)
-    rows = pq.read_table(io.BytesIO(st.get_bytes(st.key_for(uri)))).to_pylist()
+    st = runtime.store(runtime.resolve(profile, config, store))
+    rows = st.get_table(st.key_for(uri)).to_pylist()
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from flows.commands.common import ConfigFileOpt, ProfileOpt, fail, read_config_file
+from cli.commands.common import ConfigFileOpt, ProfileOpt, fail, read_config_file
 
 OUTPUTS = ("edited.png", "mask.png", "overlay.png", "ssr.json", "plan.json", "trace.json")
 
@@ -25,8 +25,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Perceive -> reason -> edit one image; writes edited.png, mask.png, overlay.png, ssr.json, plan.json,
         trace.json into --out. mask.png is exactly the region allowed to differ from the input."""
-        from flows.edit_image import edit_image, resolve_settings
-        from storage import ArtifactStore
+        from flows.edit_image import edit_image
+        from tasks import runtime
 
         config = read_config_file(config_file)
         if "://" not in image:
@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
             raise fail(f"{type(e).__name__}: {e}") from e
         if row["status"] == "failed":
             raise fail(row["error"])
-        st = ArtifactStore.from_config(resolve_settings(profile, config, store).store)
+        st = runtime.store(runtime.resolve(profile, config, store))
         os.makedirs(out, exist_ok=True)
         for name in OUTPUTS:
             stem = name.split(".")[0]
