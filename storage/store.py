@@ -365,13 +365,3 @@ class ArtifactStore:
             return pq.read_table(io.BytesIO(data))
         except Exception as e:
             raise StoreError(f"store {self.display_url}: {key!r} is not a readable Parquet table: {e}") from e
-
-
-__all__ = [
-    "ArtifactExists",
-    "ArtifactNotFound",
-    "ArtifactStore",
-    "KeyError_",
-    "StoreError",
-    "redact_url",
-]
