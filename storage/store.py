@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import fsspec
 import numpy as np
 
-from cielr_core.canonical import KeyError_, canonical_json, sha256_bytes, validate_key
+from cielr_core.canonical import canonical_json, sha256_bytes, validate_key
 from cielr_core.images import decode_png, encode_png
 from cielr_core.masks import decode_mask_png, encode_mask_png
 

@@ -33,7 +33,7 @@ import numpy as np
 from cielr_core import models as registry
 
 from .errors import EditingError
-from .inpainters import _DTYPE_KW, _finite_and_not_black, _looks_local
+from .inpainters import _DTYPE_KW, _finite_and_not_black
 from .prep import model_size, resize_mask, resize_rgb
 
 KIND = "instruct"
@@ -50,7 +50,7 @@ def instruct_loader(source: str, revision: str | None, device: str, dtype_name: 
     def load() -> Any:
         import diffusers
 
-        if _looks_local(source) and not os.path.exists(source):
+        if registry.looks_local(source) and not os.path.exists(source):
             raise registry.ModelUnavailableError(
                 f"instruction-editing pipeline {source!r} does not exist; fix editing.instruct.model.path "
                 "(CIELR_EDITING__INSTRUCT__MODEL__PATH), or run `cielr models tiny` with --profile tiny")

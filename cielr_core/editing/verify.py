@@ -157,7 +157,7 @@ def make_judge(settings) -> Judge:
     if kind == "auto":
         kind = "vlm" if settings.eval.vlm.base_url else "clip"
     if kind == "vlm":
-        from cielr_core.reasoning.llm import make_llm
+        from cielr_core.reasoning.factory import make_llm
 
         return VLMJudge(make_llm(settings.eval.vlm.model_copy(update={"temperature": 0.0}), settings),
                         settings.eval.vlm.model.id)

@@ -104,7 +104,7 @@ class HostileEndpoint:
 
 
 def test_cielr_edit_survives_a_hostile_llm(prefect_harness, tiny_models_dir, ciebench_dir, tmp_path, monkeypatch):
-    from flows.cli import app
+    from cli.main import app
 
     srv = HostileEndpoint()
     if os.path.exists(MARKER):

@@ -62,7 +62,7 @@ def test_isolation_off_never_runs_code():
 
 
 def test_doctor_says_why_spatial_code_is_off(tiny_models_dir, tmp_path, monkeypatch):
-    from flows.cli import app
+    from cli.main import app
 
     monkeypatch.setenv("CIELR_MODELS_DIR", str(tiny_models_dir))
     monkeypatch.setenv("CIELR_STORE__URL", str(tmp_path / "store"))
