@@ -305,6 +305,10 @@ class OrchestrationConfig(Section):
     dask_gpu_per_image: float = Field(
         default=0.0, json_schema_extra=NO_DIGEST,
         description="GPU resource each image task asks Dask for (0 = no resource annotation, e.g. on CPU)")
+    torch_threads: int = Field(
+        default=1, ge=1, json_schema_extra=NO_DIGEST,
+        description="torch intra-op CPU threads in every process that runs stages (in-process, Dask workers, CLI); "
+        "one fixed count, because CPU kernels split their sums by thread count and another count gives other bytes")
 
 
 class EvalConfig(Section):

@@ -61,6 +61,24 @@ def resolve_dtype(dtype: str = "auto", device: str = "cpu") -> torch.dtype:
         raise ValueError(f"unknown dtype {dtype!r}") from None
 
 
+_threads_lock = threading.Lock()
+
+
+def pin_intra_op_threads(n: int) -> None:
+    """Run torch's CPU kernels on exactly ``n`` intra-op threads in this process.
+
+    CPU kernels split their reductions by the number of intra-op threads (a 1x1 convolution gives
+    other bytes on one thread than on two; GroupNorm on a channels-last input adds per-thread
+    partial sums), so the same model on the same input gives different bytes under another thread
+    count. The count torch starts with is the process's (all cores in-process, 1 in a Dask worker,
+    whose nanny sets OMP_NUM_THREADS=1): every process that runs stages pins the one from the
+    settings instead, so results do not depend on where an image ran."""
+    n = int(n)
+    with _threads_lock:
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+
+
 def get_model(
     kind: str,
     source: str,

@@ -55,17 +55,24 @@ def settings_ref(s: Settings) -> SettingsRef:
 
 
 def settings(ref: SettingsRef | Settings) -> Settings:
-    """The Settings behind a reference: parsed once per process, then a dictionary look-up."""
+    """The Settings behind a reference: parsed once per process, then a dictionary look-up. Every
+    task starts here, so this also pins torch's intra-op threads to ``orchestration.torch_threads``:
+    a stage gives the same bytes in this process as in any other (a Dask worker starts with one
+    thread, the in-process runner with every core)."""
     if isinstance(ref, Settings):
-        return ref
-    with _lock:
-        s = _settings.get(ref.digest)
-    if s is None:
-        import json
-
-        s = settings_from_dict(json.loads(ref.data))
+        s = ref
+    else:
         with _lock:
-            s = _settings.setdefault(ref.digest, s)
+            s = _settings.get(ref.digest)
+        if s is None:
+            import json
+
+            s = settings_from_dict(json.loads(ref.data))
+            with _lock:
+                s = _settings.setdefault(ref.digest, s)
+    from cielr_core.models import pin_intra_op_threads
+
+    pin_intra_op_threads(s.orchestration.torch_threads)
     return s
 
 

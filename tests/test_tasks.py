@@ -187,6 +187,29 @@ def test_settings_ref_is_computed_once_and_resolved_by_digest(settings, monkeypa
         ref.digest = "x"  # frozen
 
 
+def test_every_task_pins_torch_intra_op_threads_from_the_settings(settings):
+    """A Dask worker starts torch with one intra-op thread, the in-process runner with every core; CPU
+    kernels split their sums by that count, so each task pins orchestration.torch_threads (through
+    runtime.settings, where every task starts) and an image gives the same bytes wherever it ran."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        ref = runtime.settings_ref(settings)
+        assert settings.orchestration.torch_threads == 1
+        torch.set_num_threads(3)
+        runtime.settings(ref)
+        assert torch.get_num_threads() == 1
+        more = settings.model_copy(deep=True)
+        more.orchestration.torch_threads = 2
+        runtime.settings(runtime.settings_ref(more))
+        assert torch.get_num_threads() == 2
+        runtime.settings(more)  # a Settings object passed as it is pins too
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 # -- references through Prefect's JSON serializer ----------------------------------------------------
 def test_refs_round_trip_through_prefects_json_serializer(settings):
     from prefect.serializers import JSONSerializer
