@@ -1,4 +1,5 @@
-"""Shared pieces of the sandbox escape corpus: a scene, planted secrets and a marker path."""
+"""Shared pieces of the sandbox escape corpus: planted secrets, a marker path, limits, and the reasoning
+tests' constructed scene."""
 
 from __future__ import annotations
 
@@ -6,12 +7,10 @@ import hashlib
 import uuid
 from pathlib import Path
 
-import numpy as np
+from test_reasoning import make_scene  # noqa: F401 - the reasoning tests' 30x40 scene of three objects
 
 from cielr_core.config import SandboxConfig
-from cielr_core.ssr import SSR, Scene, make_object
 
-H, W = 30, 40
 SECRETS = {
     "CIELR_LLM__API_KEY": "sk-planted-llm-key-7f3a9c2e51",
     "CIELR_STORE__SECRET": "planted-store-secret-b81d0e44",
@@ -20,19 +19,6 @@ SECRETS = {
 # a marker the attempts try to create; unique per test session so a stale file cannot pass a test
 MARKER = f"/tmp/cielr-escape-marker-{uuid.uuid4().hex[:10]}"
 LIMITS = SandboxConfig(cpu_seconds=2, memory_mb=512, wall_timeout_s=6, max_output_bytes=50_000, max_open_files=32)
-
-
-def _rect(r0, r1, c0, c1):
-    m = np.zeros((H, W), bool)
-    m[r0:r1, c0:c1] = True
-    return m
-
-
-def make_scene() -> Scene:
-    masks = {0: _rect(2, 8, 2, 8), 1: _rect(12, 29, 14, 38), 2: _rect(16, 22, 20, 28)}
-    objs = {i: make_object(i, m, label=lab, score=0.9, depth=0.5)
-            for (i, m), lab in zip(masks.items(), ("cup", "plate", "apple"))}
-    return Scene(ssr=SSR(image_sha256="b" * 64, width=W, height=H, objects=objs), masks=masks)
 
 
 def no_secret_in(*texts) -> None:
