@@ -32,6 +32,77 @@ def test_doctor_reports_each_check_with_a_fix(tiny_models_dir, tmp_path, monkeyp
     assert "[!!] SAM2 weights" in result.output and "fix: cielr models tiny" in result.output
 
 
+def _hub_repo(hf_home: Path, repo_id: str, files: dict[str, Path]) -> None:
+    """A Hugging Face cache entry as `hf download` leaves it: blobs, a snapshot of links, refs/main."""
+    import shutil
+
+    repo = hf_home / "hub" / ("models--" + repo_id.replace("/", "--"))
+    rev = "b" * 40
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(rev)
+    snap = repo / "snapshots" / rev
+    for i, (name, src) in enumerate(files.items()):
+        blob = repo / "blobs" / f"{i:040x}"
+        shutil.copy(src, blob)
+        (snap / name).parent.mkdir(parents=True, exist_ok=True)
+        (snap / name).symlink_to(blob)
+
+
+def test_doctor_reports_the_lama_and_instruction_editing_weights(tiny_models_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("CIELR_STORE__URL", str(tmp_path / "store"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    # tiny profile, weights written: both found at the paths the profile sets
+    monkeypatch.setenv("CIELR_MODELS_DIR", str(tiny_models_dir))
+    out = runner.invoke(app, ["doctor", "--profile", "tiny"]).output
+    assert f"[ok] LaMa weights (removal): {tiny_models_dir / 'lama' / 'big-lama.pt'}" in out
+    assert f"[ok] instruction-editing weights (transform, global): {tiny_models_dir / 'ip2p'}" in out
+
+    # tiny profile, nothing written: each line names its path and `cielr models tiny`
+    none = tmp_path / "no-models"
+    monkeypatch.setenv("CIELR_MODELS_DIR", str(none))
+    result = runner.invoke(app, ["doctor", "--profile", "tiny"])
+    out = result.output
+    assert result.exit_code == 1
+    # remove_backend auto: a missing LaMa is a warning (removal falls back), not a problem
+    assert f"[--] LaMa weights (removal): {none / 'lama' / 'big-lama.pt'} not found" in out
+    assert "falls back to SD inpainting, then OpenCV" in out
+    assert f"fix: cielr models tiny (editing.lama.model.path: {none / 'lama' / 'big-lama.pt'})" in out
+    assert f"[!!] instruction-editing weights (transform, global): {none / 'ip2p'} not found" in out
+    assert f"fix: cielr models tiny (editing.instruct.model.path: {none / 'ip2p'})" in out
+    # remove_backend lama: LaMa is required, so its absence is a problem
+    monkeypatch.setenv("CIELR_EDITING__REMOVE_BACKEND", "lama")
+    out = runner.invoke(app, ["doctor", "--profile", "tiny"]).output
+    assert f"[!!] LaMa weights (removal): {none / 'lama' / 'big-lama.pt'} not found" in out
+    assert "falls back" not in out
+    # backends the configuration does not use are not reported: opencv removal, prompt set 2 (no transform/global)
+    monkeypatch.setenv("CIELR_EDITING__REMOVE_BACKEND", "opencv")
+    monkeypatch.setenv("CIELR_REASONING__PROMPT_VERSION", "2")
+    out = runner.invoke(app, ["doctor", "--profile", "tiny"]).output
+    assert "LaMa weights" not in out and "instruction-editing weights" not in out
+    monkeypatch.delenv("CIELR_EDITING__REMOVE_BACKEND")
+    monkeypatch.delenv("CIELR_REASONING__PROMPT_VERSION")
+
+    # default profile, hub ids, empty cache: `hf download <id>` and the setting that points at a local copy
+    result = runner.invoke(app, ["doctor"])
+    out = result.output
+    assert result.exit_code == 1
+    assert "[--] LaMa weights (removal): ardiantovn/big-lama (big-lama.pt) not found" in out
+    assert "fix: hf download ardiantovn/big-lama big-lama.pt" in out and "CIELR_EDITING__LAMA__MODEL__PATH" in out
+    assert "[!!] instruction-editing weights (transform, global): timbrooks/instruct-pix2pix not found" in out
+    assert "fix: hf download timbrooks/instruct-pix2pix" in out and "CIELR_EDITING__INSTRUCT__MODEL__PATH" in out
+
+    # default profile, both in the Hugging Face cache: found there
+    _hub_repo(tmp_path / "hf", "ardiantovn/big-lama", {"big-lama.pt": tiny_models_dir / "lama" / "big-lama.pt"})
+    _hub_repo(tmp_path / "hf", "timbrooks/instruct-pix2pix",
+              {p.relative_to(tiny_models_dir / "ip2p").as_posix(): p
+               for p in (tiny_models_dir / "ip2p").rglob("*") if p.is_file()})
+    out = runner.invoke(app, ["doctor"]).output
+    lama = tmp_path / "hf" / "hub" / "models--ardiantovn--big-lama" / "snapshots" / ("b" * 40) / "big-lama.pt"
+    assert f"[ok] LaMa weights (removal): {lama}" in out
+    assert "[ok] instruction-editing weights (transform, global): timbrooks/instruct-pix2pix" in out
+
+
 def test_run_refuses_bad_arguments_clearly(tmp_path):
     result = runner.invoke(app, ["run", str(tmp_path / "nope.parquet"), "--runner", "spark"])
     assert result.exit_code == 2 and "--runner must be default or dask" in result.output

@@ -26,11 +26,61 @@ def model_present(s, ref) -> tuple[bool, str]:
         return os.path.exists(source), source
     try:
         from huggingface_hub import scan_cache_dir
+        from huggingface_hub.constants import HF_HUB_CACHE
 
-        repos = {r.repo_id for r in scan_cache_dir().repos}
+        # HF_HOME as it is now (as the LaMa loader reads it), not as it was when huggingface_hub was imported
+        cache = os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME") else HF_HUB_CACHE
+        repos = {r.repo_id for r in scan_cache_dir(cache).repos}
     except Exception:  # noqa: BLE001 - no cache yet
         repos = set()
     return source in repos, source
+
+
+def editing_weights(s) -> list[tuple[bool, str, str, bool]]:
+    """(present, what, fix, warn_only) for the editing backends' own weights that the configuration
+    uses: the LaMa removal checkpoint (``editing.remove_backend`` ``lama``, or ``auto``, where a
+    missing one only means that removal falls back to SD inpainting, then OpenCV) and the
+    instruction-editing pipeline (the ``transform`` and ``global`` steps of prompt set 3)."""
+    from cielr_core.editing.lama import lama_checkpoint
+    from cielr_core.models import ModelUnavailableError
+    from cielr_core.reasoning.schemas import operations_for_prompt_version
+
+    out = []
+    ed = s.editing
+    if ed.remove_backend in ("auto", "lama"):
+        ref = ed.lama.model
+        source = s.resolve_model(ref)
+        try:
+            found, ok = lama_checkpoint(source, ed.lama.filename, ref.revision), True
+        except ModelUnavailableError:
+            found, ok = source if ref.path else f"{source} ({ed.lama.filename})", False
+        if s.profile == "tiny":
+            fix = f"cielr models tiny (editing.lama.model.path: {source})"
+        elif ref.path:
+            fix = (f"put a big-lama.pt TorchScript file at {source}, or fix editing.lama.model.path "
+                   "(CIELR_EDITING__LAMA__MODEL__PATH)")
+        else:
+            fix = (f"hf download {ref.id} {ed.lama.filename} (where a hub is reachable), or set "
+                   "editing.lama.model.path (CIELR_EDITING__LAMA__MODEL__PATH) to a big-lama.pt TorchScript file")
+        auto = ed.remove_backend == "auto"
+        what = f"LaMa weights (removal): {found}" + ("" if ok else " not found")
+        if not ok and auto:
+            what += "; `remove` falls back to SD inpainting, then OpenCV (editing.remove_backend auto)"
+        out.append((ok, what, fix, auto))
+    if {"transform", "global"} & set(operations_for_prompt_version(s.reasoning.prompt_version)):
+        ref = ed.instruct.model
+        ok, source = model_present(s, ref)
+        if s.profile == "tiny":
+            fix = f"cielr models tiny (editing.instruct.model.path: {source})"
+        elif ref.path:
+            fix = (f"put a diffusers pipeline folder at {source}, or fix editing.instruct.model.path "
+                   "(CIELR_EDITING__INSTRUCT__MODEL__PATH)")
+        else:
+            fix = (f"hf download {ref.id} (where a hub is reachable), or set editing.instruct.model.path "
+                   "(CIELR_EDITING__INSTRUCT__MODEL__PATH) to a local diffusers folder")
+        out.append((ok, f"instruction-editing weights (transform, global): {source}" + ("" if ok else " not found"),
+                    fix, False))
+    return out
 
 
 def register(app: typer.Typer) -> None:
@@ -62,6 +112,8 @@ def register(app: typer.Typer) -> None:
             fix = ("cielr models tiny" if s.profile == "tiny" else
                    f"huggingface-cli download {ref.id} (where a hub is reachable), or set its path in the config")
             report(ok, f"{name} weights: {source}" + ("" if ok else " not found"), fix)
+        for ok, what, fix, warn_only in editing_weights(s):
+            report(ok, what, fix, warn_only=warn_only)
         from cielr_core.reasoning.sandbox import sandbox_status
 
         sb = sandbox_status(s.reasoning.sandbox)
