@@ -22,6 +22,13 @@ Honest aggregates:
   mean / median / std of the finite values (an ``inf`` mean would hide every other sample);
 * best-of-k is off; with ``best_of=k`` rows sharing an ``image_id`` are reduced to the best value
   per metric and every output says so (``best of k per metric, selected after scoring``).
+
+Checked edits: rows that carry ``verified`` (the edit judge's outcome of the sample, as in
+results.parquet: True / False / ``None``) and the per-step counts of :data:`STEP_CHECK_COLUMNS`
+(from trace.json's ``edits``, :func:`step_check_counts`) get an "Edit checks" summary (samples and
+steps: verified, rejected after retries, not checked; samples with no edit -- failed, invalid,
+missing or ``no_target`` in ``edit_status`` -- counted apart) and per-sample columns. Rows without
+``verified`` render as before.
 """
 
 from __future__ import annotations
@@ -42,6 +49,81 @@ HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "clip": True, "t
 METRIC_ORDER = ("psnr", "ssim", "lpips", "clip", "target_iou", "idcs", "l1", "l2", "clip_i", "dino")
 WORST = {"target_iou": 0.0, "idcs": 1.0}
 OK_STATUSES = ("ok",)
+
+
+# the edit judge's per-step counts of one sample (metrics.parquet columns, int; None: no edit / no trace)
+STEP_CHECK_COLUMNS = ("steps_verified", "steps_rejected", "steps_unchecked", "steps_replanned", "judge_calls")
+CHECK_LABELS = {"verified": "verified", "rejected": "rejected after retries", "not_checked": "not checked",
+                "no_edit": "no edit"}
+NO_EDIT_STATUSES = ("failed", "invalid", "missing", "no_target")
+
+
+def step_check_counts(edits: Any) -> dict[str, int]:
+    """Per-sample counts from a trace.json's ``edits`` (one edit trace per plan step as
+    ``cielr_core.editing.verify`` records it -- ``verified``, ``replanned``, ``attempts`` with their
+    verdicts -- or ``None`` for a step that was not executed): of the executed steps (skipped ones
+    left out), how many a judge accepted (``steps_verified``), how many stayed rejected after every
+    seed and the re-plan (``steps_rejected``), how many were not checked (``steps_unchecked``:
+    verification off, or no judge); how many were re-planned, and how many verdicts were given."""
+    out = dict.fromkeys(STEP_CHECK_COLUMNS, 0)
+    for e in edits or []:
+        if not isinstance(e, Mapping) or e.get("skipped"):
+            continue
+        v = e.get("verified")
+        out["steps_verified" if v is True else "steps_rejected" if v is False else "steps_unchecked"] += 1
+        out["steps_replanned"] += bool(e.get("replanned"))
+        out["judge_calls"] += sum(1 for a in e.get("attempts") or [] if isinstance(a, Mapping) and a.get("verdict"))
+    return out
+
+
+def check_category(row: Mapping[str, Any]) -> str:
+    """A sample's edit check: ``verified``, ``rejected`` (a step stayed rejected after its retries),
+    ``not_checked`` or ``no_edit`` (its edit failed, was invalid, is missing, or edited nothing)."""
+    v = row.get("verified")
+    if v is True:
+        return "verified"
+    if v is False:
+        return "rejected"
+    return "no_edit" if row.get("edit_status") in NO_EDIT_STATUSES else "not_checked"
+
+
+def edit_checks(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """``{"samples": {verified, rejected, not_checked, no_edit}, "steps": {verified, rejected,
+    not_checked, replanned, judge_calls} or None}``; ``None`` when no row carries ``verified``."""
+    if not any("verified" in r for r in rows):
+        return None
+    samples = dict.fromkeys(CHECK_LABELS, 0)
+    for r in rows:
+        samples[check_category(r)] += 1
+    steps = None
+    if any(r.get(c) is not None for r in rows for c in STEP_CHECK_COLUMNS):
+        tot = {c: sum(int(r.get(c) or 0) for r in rows) for c in STEP_CHECK_COLUMNS}
+        steps = {"verified": tot["steps_verified"], "rejected": tot["steps_rejected"],
+                 "not_checked": tot["steps_unchecked"], "replanned": tot["steps_replanned"],
+                 "judge_calls": tot["judge_calls"]}
+    return {"samples": samples, "steps": steps}
+
+
+def _steps_cell(r: Mapping[str, Any]) -> str:
+    """``verified / rejected / not checked`` steps of one sample, ``—`` without counts."""
+    vals = [r.get(c) for c in STEP_CHECK_COLUMNS[:3]]
+    if all(v is None for v in vals):
+        return "—"
+    cell = " / ".join(str(int(v or 0)) for v in vals)
+    if r.get("steps_replanned"):
+        cell += f" ({int(r['steps_replanned'])} re-planned)"
+    return cell
+
+
+def _checks_lines(checks: dict[str, Any]) -> list[str]:
+    """The summary sentences of :func:`edit_checks` (shared by markdown and HTML)."""
+    s = checks["samples"]
+    lines = ["samples: " + ", ".join(f"{CHECK_LABELS[k]} {s[k]}" for k in CHECK_LABELS)]
+    if checks["steps"]:
+        t = checks["steps"]
+        lines.append("steps: " + ", ".join(f"{CHECK_LABELS[k]} {t[k]}" for k in ("verified", "rejected", "not_checked"))
+                     + f" (re-planned {t['replanned']}, judge verdicts {t['judge_calls']})")
+    return lines
 
 
 # -- rows ------------------------------------------------------------------------------------------
@@ -109,7 +191,8 @@ def aggregate(rows: Any, metrics: Iterable[str] | None = None, *, best_of: int |
     """Aggregates over all samples. Returns ``{"n_samples", "n_ok", "n_failed", "status_counts",
     "best_of", "label", "metrics": [{metric, n, n_values, n_finite, n_inf, n_missing, n_failed,
     mean, median, std, min, max, mean_failed_as_worst}, ...], "failures": [{image_id, status,
-    error}]}``. ``mean`` etc. are over the finite values (``None`` if there are none)."""
+    error}], "edit_checks": see :func:`edit_checks`}``. ``mean`` etc. are over the finite values
+    (``None`` if there are none)."""
     rows = as_rows(rows)
     mets = metric_columns(rows, metrics)
     if best_of:
@@ -157,6 +240,7 @@ def aggregate(rows: Any, metrics: Iterable[str] | None = None, *, best_of: int |
         "label": best_of_label(best_of),
         "metrics": out_metrics,
         "failures": failures,
+        "edit_checks": edit_checks(rows),
     }
 
 
@@ -239,6 +323,11 @@ def render_markdown(rows: Any, *, title: str = "Evaluation report", metrics: Ite
         f"- **samples**: {agg['n_samples']} (ok {agg['n_ok']}, failed {agg['n_failed']})",
         "- **status counts**: " + ", ".join(f"{k} {v}" for k, v in sorted(agg["status_counts"].items())),
         f"- **selection**: {agg['label']}",
+    ]
+    checks = agg["edit_checks"]
+    if checks:
+        lines += [f"- **edit checks**, {line}" for line in _checks_lines(checks)]
+    lines += [
         "",
         "## Aggregates",
         "",
@@ -257,14 +346,31 @@ def render_markdown(rows: Any, *, title: str = "Evaluation report", metrics: Ite
         for f in agg["failures"]:
             lines.append(f"- `{_md_cell(f['image_id'])}` ({f['status']}): {_md_cell(f.get('error') or '')}")
         lines.append("")
+    if checks:
+        lines += ["## Edit checks", "",
+                  ("A judge checks every step's edit; a rejected edit is retried with other seeds, then re-planned "
+                   "once. *rejected after retries*: a step stayed rejected; *not checked*: verification off or no "
+                   "judge; *no edit*: the edit failed or edited nothing."), ""]
+        head = ["", "verified", "rejected after retries", "not checked", "no edit"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        s_ = checks["samples"]
+        lines.append(f"| samples | {s_['verified']} | {s_['rejected']} | {s_['not_checked']} | {s_['no_edit']} |")
+        if checks["steps"]:
+            t = checks["steps"]
+            lines.append(f"| steps | {t['verified']} | {t['rejected']} | {t['not_checked']} | — |")
+            lines.append("")
+            lines.append(f"Steps re-planned: {t['replanned']}; judge verdicts given: {t['judge_calls']}.")
+        lines.append("")
     lines += ["## Samples", ""]
-    head = ["image_id", "status"] + mets + ["notes"]
+    head = ["image_id", "status"] + mets + (["edit check", "steps verified / rejected / not checked"] if checks else [])
+    head += ["notes"]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     shown = sample_rows if max_sample_rows is None else sample_rows[:max_sample_rows]
     for r in shown:
         note = (r.get("error") or "") if not is_ok(r) else _missing_note(r)
-        lines.append("| " + " | ".join(_md_cell(c) for c in _sample_cells(r, mets) + [note]) + " |")
+        check = [CHECK_LABELS[check_category(r)], _steps_cell(r)] if checks else []
+        lines.append("| " + " | ".join(_md_cell(c) for c in _sample_cells(r, mets) + check + [note]) + " |")
     if len(shown) < len(sample_rows):
         lines.append(f"\n({len(sample_rows) - len(shown)} more rows in metrics.parquet)")
     lines.append("")
@@ -362,6 +468,9 @@ table{border-collapse:collapse;margin:8px 0 20px}th,td{border:1px solid #ccc;pad
 vertical-align:top}th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.failed td{background:#fde8e8}.label{font-weight:bold;color:#a33}.hist{display:inline-block;margin:4px}
 img.thumb{display:block;max-width:160px;max-height:160px}.missing{color:#888}.small{font-size:11px;color:#555}
+.chk{display:inline-block;padding:1px 6px;border-radius:8px;font-size:12px;white-space:nowrap}
+.chk-verified{background:#dff3df;color:#1d5e1d}.chk-rejected{background:#fbe0c8;color:#8a3b00}
+.chk-not_checked{background:#eee;color:#555}.chk-no_edit{background:#fff;color:#888;border:1px dashed #bbb}
 """
 
 
@@ -389,7 +498,31 @@ def render_html(rows: Any, *, images: Mapping[str, Mapping[str, Any]] | None = N
     out.append("<li><b>status counts</b>: " + esc(", ".join(f"{k} {v}" for k, v in sorted(agg["status_counts"].items())))
                + "</li>")
     cls = ' class="label"' if best_of else ""
-    out.append(f"<li><b>selection</b>: <span{cls}>{esc(agg['label'])}</span></li></ul>")
+    out.append(f"<li><b>selection</b>: <span{cls}>{esc(agg['label'])}</span></li>")
+    checks = agg["edit_checks"]
+    if checks:
+        for line in _checks_lines(checks):
+            out.append(f"<li><b>edit checks</b>, {esc(line)}</li>")
+    out.append("</ul>")
+    if checks:
+        out.append("<h2>Edit checks</h2><p class=small>A judge checks every step's edit; a rejected edit is retried "
+                   "with other seeds, then re-planned once. <i>rejected after retries</i>: a step stayed rejected; "
+                   "<i>not checked</i>: verification off or no judge; <i>no edit</i>: the edit failed or edited "
+                   "nothing.</p>")
+        out.append('<table id="edit-checks"><tr><th></th>' + "".join(
+            f'<th><span class="chk chk-{k}">{esc(v)}</span></th>' for k, v in CHECK_LABELS.items()) + "</tr>")
+        s_ = checks["samples"]
+        out.append("<tr><td>samples</td>" + "".join(
+            f'<td class="num" id="checks-samples-{k}">{s_[k]}</td>' for k in CHECK_LABELS) + "</tr>")
+        if checks["steps"]:
+            t = checks["steps"]
+            out.append("<tr><td>steps</td>" + "".join(
+                f'<td class="num" id="checks-steps-{k}">{t[k]}</td>' for k in ("verified", "rejected", "not_checked"))
+                + '<td class="num missing">—</td></tr>')
+        out.append("</table>")
+        if checks["steps"]:
+            out.append(f"<p class=small>Steps re-planned: {checks['steps']['replanned']}; judge verdicts given: "
+                       f"{checks['steps']['judge_calls']}.</p>")
 
     out.append("<h2>Aggregates</h2><p class=small>Means over finite values; <code>inf</code> counted apart; "
                "<i>missing</i> = model unavailable or undefined (never zero); failed samples are counted, not "
@@ -414,7 +547,8 @@ def render_html(rows: Any, *, images: Mapping[str, Mapping[str, Any]] | None = N
         out.append("</ul>")
 
     out.append("<h2>Samples</h2>")
-    cols = ["image_id", "status", "before", "after", "mask"] + [m + _arrow(m) for m in mets] + ["instruction / notes"]
+    cols = ["image_id", "status", "before", "after", "mask"] + [m + _arrow(m) for m in mets]
+    cols += (["edit check", "steps verified / rejected / not checked"] if checks else []) + ["instruction / notes"]
     out.append('<table id="samples"><tr>' + "".join(f"<th>{esc(c)}</th>" for c in cols) + "</tr>")
     shown = sample_rows if max_sample_rows is None else sample_rows[:max_sample_rows]
     for r in shown:
@@ -434,6 +568,10 @@ def render_html(rows: Any, *, images: Mapping[str, Mapping[str, Any]] | None = N
                 cells.append('<td class="num missing">—</td>')
             else:
                 cells.append(f'<td class="num">{esc(fmt(v))}</td>')
+        if checks:
+            cat = check_category(r)
+            cells.append(f'<td><span class="chk chk-{cat}">{esc(CHECK_LABELS[cat])}</span></td>')
+            cells.append(f'<td class="num">{esc(_steps_cell(r))}</td>')
         note = esc(str(r.get("instruction") or ""))
         extra = (r.get("error") or "") if not ok else _missing_note(r)
         if extra:

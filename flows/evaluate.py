@@ -22,7 +22,7 @@ from prefect.runtime import flow_run
 from cielr_core.canonical import sha256_bytes
 from flows.edit_dataset import edit_dataset
 from tasks import keys, runtime
-from tasks.evaluation import evaluate_cache_key, evaluate_sample, from_jsonable
+from tasks.evaluation import edit_checks, evaluate_cache_key, evaluate_sample, from_jsonable
 from tasks.options import bind, outcome
 
 THUMB = 160
@@ -101,7 +101,8 @@ def evaluate(
         res = results.get(sample["image_id"])
         base = {"image_id": sample["image_id"], "instruction": sample["instruction"],
                 "reference_text": sample.get("reference_text"),
-                "edit_status": res["status"] if res else "missing", "edited_uri": res.get("edited_uri") if res else None}
+                "edit_status": res["status"] if res else "missing", "edited_uri": res.get("edited_uri") if res else None,
+                **edit_checks(st, res)}
         if res is None or res["status"] in ("failed", "invalid"):
             metric_rows.append({**base, "status": "failed",
                                 "error": (res or {}).get("error") or "no result row for this sample"})
@@ -139,7 +140,8 @@ def evaluate(
     st.put_bytes(keys.eval_key(prefix, "report_md"), md.encode(), overwrite=False)
     st.put_bytes(keys.eval_key(prefix, "report_html"), html.encode(), overwrite=False)
     create_markdown_artifact(markdown=md, key="evaluate-report", description=f"evaluation of {benchmark}")
-    table = [{k: r.get(k) for k in ("image_id", "status", "psnr", "ssim", "lpips", "clip", "target_iou", "idcs", "error")}
+    table = [{k: r.get(k) for k in ("image_id", "status", "psnr", "ssim", "lpips", "clip", "target_iou", "idcs",
+                                    "verified", "error")}
              for r in metric_rows[:500]]
     create_table_artifact(table=[{k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in t.items()}
                                  for t in table], key="evaluate-metrics", description="per-sample metrics")

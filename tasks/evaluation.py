@@ -51,6 +51,25 @@ def evaluate_sample(sample: dict[str, Any], result: dict[str, Any], settings: ru
     return row_to_jsonable(row)
 
 
+def edit_checks(st, result: dict[str, Any] | None) -> dict[str, Any]:
+    """The edit judge's outcome of one results.parquet row, for its metrics row: ``verified`` (the
+    row's own column: True all checked steps accepted, False one stayed rejected after its retries,
+    None not checked) and the per-step counts of its trace.json (``steps_verified``,
+    ``steps_rejected``, ``steps_unchecked``, ``steps_replanned``, ``judge_calls``; ``None`` when
+    there is no edit or its trace cannot be read)."""
+    from cielr_core.report import STEP_CHECK_COLUMNS, step_check_counts
+
+    out: dict[str, Any] = {"verified": (result or {}).get("verified"), **dict.fromkeys(STEP_CHECK_COLUMNS)}
+    if not result or result.get("status") not in ("ok", "no_target") or not result.get("trace_uri"):
+        return out
+    try:
+        trace = st.get_json(st.key_for(result["trace_uri"]))
+    except Exception:  # noqa: BLE001 - the counts are a summary; the sample's metrics do not depend on them
+        return out
+    out.update(step_check_counts(trace.get("edits")))
+    return out
+
+
 def evaluate_cache_key(p: dict[str, Any]) -> str:
     s = runtime.settings(p["settings"])
     sample, result = p["sample"], p["result"]

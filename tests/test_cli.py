@@ -170,6 +170,21 @@ def test_eval_writes_metrics_and_a_report(prefect_harness, tiny_models_dir, cieb
     md = st.get_bytes(f"{prefix}/report.md").decode()
     assert "<html" in html.lower() and "data:image/png;base64" in html
     assert "psnr" in md.lower()
+    # the edit judge's outcome travels from results.parquet and trace.json into every metrics row; the
+    # tiny profile does not verify, so every edited sample is "not checked", one not-checked step per edited step
+    results_uri = next(ln.split(": ", 1)[1] for ln in md.splitlines() if ln.startswith("- **results_uri**: "))
+    results = {r["image_id"]: r for r in pq.read_table(io.BytesIO(st.get_bytes(st.key_for(results_uri)))).to_pylist()}
+    edited = 0
+    for r in rows:
+        assert "verified" in r and r["verified"] is None and results[r["image_id"]]["verified"] is None
+        if r["edit_status"] in ("ok", "no_target"):
+            assert r["steps_verified"] == 0 and r["steps_rejected"] == 0 and r["judge_calls"] == 0
+            assert r["steps_unchecked"] == results[r["image_id"]]["n_edited_steps"]
+            edited += r["edit_status"] == "ok"
+        else:
+            assert r["steps_unchecked"] is None
+    assert "## Edit checks" in md and f"verified 0, rejected after retries 0, not checked {edited}" in md
+    assert '<table id="edit-checks">' in html and f'id="checks-samples-not_checked">{edited}</td>' in html
 
 
 @pytest.mark.slow

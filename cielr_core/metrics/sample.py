@@ -34,6 +34,7 @@ from cielr_core.metrics.idcs import IDCSResult, idcs
 from cielr_core.metrics.learned import SMARTEDIT_LPIPS_NET, clip_score, lpips_distance, magicbrush_metrics
 from cielr_core.metrics.pixel import as_rgb, binarize, fit_mask, psnr, ssim, target_iou
 from cielr_core.models import ModelUnavailableError
+from cielr_core.report import STEP_CHECK_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +78,14 @@ def row_to_jsonable(row: dict[str, Any]) -> dict[str, Any]:
 
 
 ROW_STRING_COLUMNS = ("protocol", "idcs_vlm_answer", "idcs_llm_answer", "idcs_prompt_version", "missing_reasons")
+ROW_INT_COLUMNS = STEP_CHECK_COLUMNS  # the edit judge's per-step counts, null when there was no edit
 
 
 def metrics_table(rows: list[dict[str, Any]]):
     """A ``pyarrow.Table`` of metric rows (what ``metrics.parquet`` holds): every metric in
     :data:`ALL_METRICS` that appears is float64 (``inf`` kept, ``None`` null), the IDCS answers and
-    reasons strings, ``gt_mask_resized`` bool, other columns as pyarrow infers them."""
+    reasons strings, ``gt_mask_resized`` and ``verified`` bool (``verified`` null: not checked), the
+    edit judge's step counts int64, other columns as pyarrow infers them."""
     import pyarrow as pa
 
     cols: list[str] = []
@@ -98,8 +101,10 @@ def metrics_table(rows: list[dict[str, Any]]):
             vals = [None if v is None else float(v) for v in vals]
         elif c in ROW_STRING_COLUMNS:
             typ = pa.string()
-        elif c == "gt_mask_resized":
+        elif c in ("gt_mask_resized", "verified"):
             typ = pa.bool_()
+        elif c in ROW_INT_COLUMNS:
+            typ = pa.int64()
         else:
             typ = None
         arr = pa.array(vals, type=typ) if typ is not None else pa.array(vals)
