@@ -84,11 +84,12 @@ def _noop_stages(settings, ref=None):
         return SSRRef(prefix=image.sha, digest=image.sha, n_objects=3)
 
     @task(name="decompose")
-    def decompose(ssr: SSRRef, instruction: str, settings) -> Decomposition:
+    def decompose(ssr: SSRRef, instruction: str, settings, image: ImageRef | None = None) -> Decomposition:
         return Decomposition(subtasks=[instruction], trace_key=keys.decompose_trace_key(ssr.digest))
 
     @task(name="reason-step")
-    def reason(image: ImageRef, ssr: SSRRef, subtask: str, instruction: str, settings) -> StepRef:
+    def reason(image: ImageRef, ssr: SSRRef, subtask: str, instruction: str, settings,
+               query_objects: list[str] | None = None) -> StepRef:
         step = EditStep(subtask=subtask, operation="remove", target_ids=[1], ssr_digest=ssr.digest)
         return StepRef(step=step, ssr=ssr, trace_key=keys.step_trace_key(ssr.digest))
 

@@ -31,6 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 PROFILES = ("default", "tiny", "paper")
+# the profile names as a type (Settings.profile, the flows' ``profile`` parameters); derived from PROFILES
+ProfileName = Literal[PROFILES]  # type: ignore[valid-type]
 
 # Marker for fields that do not influence a stage's results and so stay out of its digest.
 NO_DIGEST = {"digest": False}
@@ -337,7 +339,7 @@ class Settings(BaseSettings):
         env_prefix="CIELR_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
     )
 
-    profile: Literal["default", "tiny", "paper"] = "default"
+    profile: ProfileName = "default"
     models_dir: str = Field(default_factory=_default_models_dir, description="where `cielr models tiny` writes")
     perception: PerceptionConfig = PerceptionConfig()
     llm: LLMConfig = LLMConfig()

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cielr_core.config import PROFILES
+
 HERE = Path(__file__).resolve().parent
 PROJECT_DIR = HERE.parent
 PREFECT_FILE = HERE / "prefect.yaml"
@@ -25,6 +27,13 @@ DEFAULT_CRON = "0 2 * * *"
 
 # deployment name -> (entrypoint file that must exist for it to be applied, the flow's name)
 DEPLOYMENTS = {"nightly": ("flows/edit_dataset.py", "edit-dataset"), "evaluate": ("flows/evaluate.py", "evaluate")}
+
+
+def check_profile(profile: str) -> str:
+    """``profile`` when the config defines it (cielr_core.config.PROFILES), else ValueError."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    return profile
 
 
 def template_path(pool_type: str) -> Path:
@@ -71,6 +80,9 @@ class DeployOptions:
     @property
     def tag(self) -> str:
         return self.gpu_tag or f"gpu:{self.pool}"
+
+    def __post_init__(self) -> None:
+        check_profile(self.profile)
 
     def deploy_env(self) -> dict[str, str]:
         project_dir = self.project_dir or (str(PROJECT_DIR) if self.pool_type == "process" else IMAGE_PROJECT_DIR)

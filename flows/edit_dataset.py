@@ -22,6 +22,7 @@ from prefect.artifacts import (
 )
 from prefect.runtime import flow_run
 
+from cielr_core.config import ProfileName
 from flows.pipeline import run_image
 from tasks import keys, runtime
 from tasks.manifest import load_manifest
@@ -129,7 +130,7 @@ def summary_markdown(run_id: str, uri: str, rows: list[ResultRow]) -> str:
 def edit_dataset(
     manifest_uri: str,
     store: str | None = None,
-    profile: Literal["default", "tiny"] | None = None,
+    profile: ProfileName | None = None,
     config: dict[str, Any] | None = None,
     chunk_size: int | None = None,
     limit: int | None = None,

@@ -20,6 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
 from cielr_core.canonical import sha256_bytes
+from cielr_core.config import ProfileName
 from flows.edit_dataset import edit_dataset
 from tasks import keys, runtime
 from tasks.evaluation import edit_checks, evaluate_cache_key, evaluate_sample, from_jsonable
@@ -63,7 +64,7 @@ def _thumb(rgb, size: int = THUMB) -> bytes:
 def evaluate(
     benchmark: str,
     store: str | None = None,
-    profile: Literal["default", "tiny"] | None = None,
+    profile: ProfileName | None = None,
     config: dict[str, Any] | None = None,
     limit: int | None = None,
     results_uri: str | None = None,

@@ -1,9 +1,10 @@
 """One image through the CIELR DAG (Figure 1 of the paper), as Prefect task calls.
 
     load image -> perceive (segment, detect, depth -> merge SSR v0)
-               -> decompose instruction into sub-tasks
+               -> decompose instruction into sub-tasks and the objects it names (query_objects)
                -> for each sub-task j: perceive image_j (cached for j = 0)
-                                      -> reason (assess / update SSR / reason targets)
+                                      -> reason (query_objects join the detector's queries,
+                                                 then assess / update SSR / reason targets)
                                       -> inpaint -> image_{j+1}
                -> finalize (edited.png, mask.png, overlay.png, ssr.json, plan.json, trace.json)
 
@@ -40,7 +41,7 @@ def run_image(stages: Stages, *, image_id: str, image_uri: str, instruction: str
         image = run("load", stages.load, image_uri=image_uri, settings=sd)
         row["image_sha256"] = image.sha
         ssr0 = perceive(run, stages, image)
-        dec = run("decompose", stages.decompose, ssr=ssr0, instruction=instruction, settings=sd)
+        dec = run("decompose", stages.decompose, ssr=ssr0, instruction=instruction, settings=sd, image=image)
         current, ssr = image, ssr0
         steps: list[StepRef] = []
         edits: list[EditRef | None] = []
@@ -48,7 +49,7 @@ def run_image(stages: Stages, *, image_id: str, image_uri: str, instruction: str
             if j > 0:  # step j is perceived on the image that step j-1 produced
                 ssr = perceive(run, stages, current)
             step = run("reason", stages.reason, image=current, ssr=ssr, subtask=subtask,
-                       instruction=instruction, settings=sd)
+                       instruction=instruction, settings=sd, query_objects=dec.query_objects)
             steps.append(step)
             edit = None
             if step.step.status == "ok":

@@ -13,7 +13,8 @@ artifact is derived from that artifact's prefix (:func:`cache_key`), so the two 
     ssr/<image sha>/<perception digest>/                      SSR v0: ssr.json, masks/, overlay.png
         .../chain/<ssr digest>/                               later SSR versions of the loop
     reason/<ssr digest>/<instruction sha>/<reasoning digest>/ subtasks.json, decompose-trace.json
-        .../<subtask sha>/                                    step.json, trace.json
+        .../<subtask digest>/                                 step.json, trace.json (subtask sha; with the
+                                                              instruction's objects, sha of both)
     edit/<image sha>/<step digest>/<editing digest>/          mask.png, edit-trace.json of one executed step
     out/<image sha>/<instruction sha>/<config digest>/        the image's outputs (OUTPUT_FILES)
     plan/<ssr digest>/<instruction+reasoning digest>/         `cielr plan` (plan.json, trace.json)
@@ -32,6 +33,7 @@ from typing import Any
 
 from cielr_core.canonical import sha256_json
 from cielr_core.config import Settings
+from cielr_core.vocabulary import merge_queries
 
 # every top-level prefix of the store
 PREFIXES = ("images", "seg", "det", "depth", "ssr", "reason", "edit", "out", "plan", "runs", "eval", "prefect")
@@ -165,8 +167,14 @@ def decompose_trace_key(reason_prefix: str) -> str:
     return f"{reason_prefix}/decompose-trace.json"
 
 
-def step_prefix(reason_prefix: str, subtask: str) -> str:
-    return f"{reason_prefix}/{text_sha(subtask)}"
+def step_prefix(reason_prefix: str, subtask: str, query_objects: list[str] | None = None) -> str:
+    """One sub-task's reasoning. ``query_objects`` (the decomposition's nouns, which join the
+    detector's query set before the first assessment) determine the step too: with any, the folder
+    is the digest of the sub-task and the normalised queries; with none, the sub-task's sha."""
+    objects = merge_queries(query_objects or [])
+    if not objects:
+        return f"{reason_prefix}/{text_sha(subtask)}"
+    return f"{reason_prefix}/{sha256_json([text_sha(subtask), objects])}"
 
 
 def step_key(step_prefix: str) -> str:

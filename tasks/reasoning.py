@@ -24,16 +24,20 @@ def _reasoner(s) -> Reasoner:
 
 
 @task(name="decompose")
-def decompose(ssr: SSRRef, instruction: str, settings: runtime.SettingsRef) -> Decomposition:
+def decompose(ssr: SSRRef, instruction: str, settings: runtime.SettingsRef,
+              image: ImageRef | None = None) -> Decomposition:
+    """Sub-tasks and the instruction's objects. With ``reasoning.show_image`` on, the call sees
+    ``image`` with the SSR's set-of-mark outlines (as ``Reasoner.plan`` does)."""
     s = runtime.settings(settings)
     st = runtime.store(s)
     r = _reasoner(s)
-    subtasks = r.decompose(instruction, read_scene(ssr, s))
+    rgb = get_rgb(image, s) if image is not None and s.reasoning.show_image else None
+    subtasks = r.decompose(instruction, read_scene(ssr, s), rgb)
     prefix = keys.reason_prefix(ssr.digest, instruction, s)
     trace_key = keys.decompose_trace_key(prefix)
     st.put_bytes(trace_key, r.trace.to_json_bytes())
     st.put_json(keys.subtasks_key(prefix), subtasks)
-    return Decomposition(subtasks=subtasks, trace_key=trace_key)
+    return Decomposition(subtasks=subtasks, trace_key=trace_key, query_objects=list(r.query_objects))
 
 
 def decompose_cache_key(p: dict[str, Any]) -> str:
@@ -42,13 +46,16 @@ def decompose_cache_key(p: dict[str, Any]) -> str:
 
 
 @task(name="reason-step")
-def reason_step(image: ImageRef, ssr: SSRRef, subtask: str, instruction: str, settings: runtime.SettingsRef) -> StepRef:
-    """Assess / update / reason for one sub-task; returns the EditStep and the SSR version it refers to."""
+def reason_step(image: ImageRef, ssr: SSRRef, subtask: str, instruction: str, settings: runtime.SettingsRef,
+                query_objects: list[str] | None = None) -> StepRef:
+    """Assess / update / reason for one sub-task; returns the EditStep and the SSR version it refers to.
+    ``query_objects`` (the decomposition's) join the detector's query set before the first assessment."""
     s = runtime.settings(settings)
     st = runtime.store(s)
     r = _reasoner(s)
-    step, final = r.plan_step(subtask, instruction, get_rgb(image, s), read_scene(ssr, s))
-    prefix = keys.step_prefix(keys.reason_prefix(ssr.digest, instruction, s), subtask)
+    objects = list(query_objects or [])
+    step, final = r.plan_step(subtask, instruction, get_rgb(image, s), read_scene(ssr, s), query_objects=objects)
+    prefix = keys.step_prefix(keys.reason_prefix(ssr.digest, instruction, s), subtask, objects)
     final_ref = ssr
     if final.ssr.digest() != ssr.digest:
         chain_prefix = keys.ssr_chain_prefix(ssr.prefix, final.ssr.digest())
@@ -62,4 +69,5 @@ def reason_step(image: ImageRef, ssr: SSRRef, subtask: str, instruction: str, se
 
 def reason_step_cache_key(p: dict[str, Any]) -> str:
     s = runtime.settings(p["settings"])
-    return keys.cache_key(keys.step_prefix(keys.reason_prefix(p["ssr"].digest, p["instruction"], s), p["subtask"]))
+    return keys.cache_key(keys.step_prefix(keys.reason_prefix(p["ssr"].digest, p["instruction"], s), p["subtask"],
+                                           p.get("query_objects")))

@@ -58,8 +58,12 @@ class SSRRef(Ref):
 
 
 class Decomposition(Ref):
+    """The instruction's sub-tasks, the objects it names (``query_objects``: they join the
+    detector's query set before each sub-task's first assessment) and the decomposition's trace."""
+
     subtasks: list[str]
     trace_key: str
+    query_objects: list[str] = []
 
 
 class StepRef(Ref):

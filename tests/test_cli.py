@@ -210,3 +210,54 @@ def _store_config(tmp_path: Path, store: Path) -> str:
     cfg = tmp_path / "config.yaml"
     cfg.write_text(f"store:\n  url: {store}\n")
     return str(cfg)
+
+
+# -- profiles: every profile the config defines ----------------------------------------------------
+def test_every_config_profile_is_accepted_by_the_cli_deploy_and_the_flows(monkeypatch):
+    """The --profile help, `cielr deploy`'s check and the flows' parameter schemas list exactly the
+    profiles cielr_core.config defines (the paper profile included), and refuse others."""
+    import re
+
+    from prefect.utilities.callables import parameter_schema
+
+    import deployments.helper as helper
+    from cielr_core.config import PROFILES
+    from flows.edit_dataset import edit_dataset
+    from flows.evaluate import evaluate
+
+    assert "paper" in PROFILES
+    runner = CliRunner()
+    for command in ("edit", "run", "plan", "config show", "deploy"):
+        out = runner.invoke(app, [*command.split(), "--help"], env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"}).output
+        assert "config profile: one of " + ", ".join(PROFILES) in re.sub(r"\s+", " ", out), (command, out)
+
+    for flow in (edit_dataset, evaluate):
+        schema = parameter_schema(flow.fn).model_dump_for_openapi()
+        prop = schema["properties"]["profile"]
+        enums = [v for alt in prop.get("anyOf", [prop]) for v in alt.get("enum", [])]
+        assert enums == list(PROFILES), (flow.name, prop)
+
+    for p in PROFILES:
+        assert helper.check_profile(p) == p and helper.DeployOptions(profile=p).profile == p
+    with pytest.raises(ValueError, match="choose one of " + ", ".join(PROFILES)):
+        helper.DeployOptions(profile="huge")
+
+    # `cielr deploy --profile paper` passes the check and reaches the deploy steps; these are test
+    # doubles at the Prefect boundary (the real deploy is tests/test_deployments.py's slow test)
+    applied: list = []
+
+    async def pool_double(name, pool_type):
+        return "exists"
+
+    async def limit_double(tag, limit):
+        return None
+
+    monkeypatch.setattr(helper, "ensure_pool", pool_double)
+    monkeypatch.setattr(helper, "ensure_gpu_limit", limit_double)
+    monkeypatch.setattr(helper, "apply_deployments", lambda opts: applied.append(opts) or ["edit-dataset/nightly"])
+    result = runner.invoke(app, ["deploy", "--manifest", "m.parquet", "--store", "s", "--profile", "paper"])
+    assert result.exit_code == 0, result.output
+    assert applied[0].profile == "paper" and applied[0].deploy_env()["CIELR_PROFILE"] == "paper"
+    bad = runner.invoke(app, ["deploy", "--manifest", "m.parquet", "--store", "s", "--profile", "huge"])
+    assert bad.exit_code == 2 and "choose one of " + ", ".join(PROFILES) in bad.output
+    assert len(applied) == 1

@@ -316,3 +316,91 @@ def test_segment_retries_a_cuda_oom_once_at_half_the_point_batch(tiny_settings, 
     monkeypatch.setattr(runtime, "perceiver", lambda s: AlwaysBadInputDouble())
     with pytest.raises(ValueError, match="not an OOM"):
         tp.segment.fn(image=image, settings=tiny_settings, sam2_overrides=None)
+
+
+# -- the instruction's objects reach the detector's query set through the pipeline --------------------
+class QueryObjectsScriptLLMDouble:
+    """Test double for the LLM protocol, installed as ``tasks.runtime.llm``: ``decompose`` names the
+    given objects (``query_objects``), ``assess`` says the SSR suffices, ``reason`` answers
+    ``no_target`` (nothing to inpaint). Records each call's name and whether an image came with it;
+    every answer is validated against the call's schema as a backend does (the tiny profile allows
+    16 characters a text)."""
+
+    def __init__(self, objects: list[str]):
+        self.objects = objects
+        self.calls: list[tuple[str, bool]] = []
+
+    def complete(self, messages, schema, *, image=None, call_name=""):
+        import json
+
+        from cielr_core.reasoning.llm import LLMCall, parse_answer
+
+        self.calls.append((call_name, image is not None))
+        answer = {
+            "decompose": {"reason": "one edit", "subtasks": ["remove tripod"],
+                          "query_objects": self.objects},
+            "assess": {"reason": "enough", "need": "none", "queries": [], "segmentation": "keep"},
+            "reason": {"reason": "scripted", "status": "no_target"},
+        }[call_name]
+        raw = json.dumps(answer)
+        return LLMCall(parsed=parse_answer(raw, schema), raw=raw, latency_s=0.001,
+                       tokens={"prompt": 1, "completion": 1}, extra={"backend": "scripted"})
+
+
+def test_instruction_objects_reach_the_query_set_in_trace_json(prefect_harness, tiny_models_dir, bench3, tmp_path,
+                                                               monkeypatch):
+    """The pipeline (real tasks, flow and tiny perception models) passes the decomposition's
+    query_objects to every reason step: they join the detector's queries before the first
+    assessment, trace.json records the query set holding them, and they are part of the step's
+    cache key; with reasoning.show_image on, the decomposition sees the image (as Reasoner.plan)."""
+    import json
+
+    from flows.edit_image import edit_image
+    from tasks import keys
+    from tasks.reasoning import reason_step_cache_key
+    from tasks.refs import SSRRef
+
+    _, _, inputs = bench3
+    objects = ["tripod head", "speaker grille"]  # neither is an LVIS category name
+    llm = QueryObjectsScriptLLMDouble(objects)
+    monkeypatch.setattr(runtime, "llm", lambda s: llm)
+    store = str(tmp_path / "store")
+    _fresh_process_state()
+    row = edit_image(image_uri=inputs[0]["image_uri"], instruction="remove the tripod head", profile="tiny",
+                     config=_config(tiny_models_dir), store=store)
+    assert row["status"] == "no_target", row["error"]
+    trace = json.loads(Path(row["trace_uri"]).read_text())
+    decomposed = [e for e in trace["decompose"]["events"] if e.get("what") == "instruction objects"]
+    assert decomposed and decomposed[0]["query_objects"] == objects
+    events = trace["steps"][0]["events"]
+    assert [e["reason"] for e in events if e["type"] == "ssr"][:2] == ["input", "semantic-instruction"]
+    query_sets = [e for e in events if e["type"] == "note" and e["what"] == "query set"]
+    assert query_sets and query_sets[0]["extra_queries"] == objects
+    assert query_sets[0]["queries"][-2:] == objects and len(query_sets[0]["queries"]) > len(objects)
+    # the query set was recorded before the first assessment
+    first_query_set = next(i for i, e in enumerate(events) if e["type"] == "note" and e["what"] == "query set")
+    first_assess = next(i for i, e in enumerate(events) if e["type"] == "llm_call" and e["call_name"] == "assess")
+    assert first_query_set < first_assess
+    assert [c for c, _ in llm.calls] == ["decompose", "assess", "reason"]
+    assert not any(img for _, img in llm.calls), "show_image is off: no call gets an image"
+
+    # the step's cache key (and store folder) follow the objects
+    s = runtime.resolve("tiny", _config(tiny_models_dir), store)
+    ssr = SSRRef(prefix="ssr/x", digest="d" * 64, n_objects=1)
+    p = {"settings": runtime.settings_ref(s), "ssr": ssr, "instruction": "remove the tripod head",
+         "subtask": "remove tripod"}
+    found = {reason_step_cache_key({**p, "query_objects": q})
+             for q in (None, [], objects, objects[:1], ["lamp"])}
+    assert len(found) == 4, "None and [] are the same (no objects); every other set is its own key"
+    assert reason_step_cache_key({**p, "query_objects": [" tripod  head", "speaker grille"]}) == \
+        reason_step_cache_key({**p, "query_objects": objects}), "queries are normalised as perception does"
+    assert all(0 < len(k) <= keys.MAX_CACHE_KEY for k in found)
+    reason = keys.reason_prefix(trace["steps"][0]["events"][0]["digest"], "remove the tripod head", s)
+    assert keys.step_prefix(reason, "remove tripod", objects) != keys.step_prefix(reason, "remove tripod")
+
+    # reasoning.show_image: the decomposition (and every later call) sees the set-of-mark image
+    llm.calls.clear()
+    row = edit_image(image_uri=inputs[0]["image_uri"], instruction="remove the tripod head", profile="tiny",
+                     config=_config(tiny_models_dir, reasoning={"show_image": True}), store=store)
+    assert row["status"] == "no_target", row["error"]
+    assert llm.calls == [("decompose", True), ("assess", True), ("reason", True)]

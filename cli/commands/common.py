@@ -6,10 +6,11 @@ from typing import Any, Optional
 
 import typer
 
-from cielr_core.config import ConfigError, Settings, load_settings
+from cielr_core.config import PROFILES, ConfigError, Settings, load_settings
 from cielr_core.config import read_config_file as config_file_data
 
-ProfileOpt = typer.Option(None, "--profile", "-p", help="config profile: default (real models) or tiny")
+PROFILE_HELP = f"config profile: one of {', '.join(PROFILES)} (default: real models; tiny: toy random-weight models)"
+ProfileOpt = typer.Option(None, "--profile", "-p", help=PROFILE_HELP)
 ConfigFileOpt = typer.Option(None, "--config", "-c", help="YAML config file (CIELR_CONFIG_FILE)")
 
 

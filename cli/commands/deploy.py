@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from cli.commands.common import fail
+from cli.commands.common import PROFILE_HELP, fail
 
 
 def register(app: typer.Typer) -> None:
@@ -16,7 +16,7 @@ def register(app: typer.Typer) -> None:
         store: str = typer.Option(..., "--store", "-s", help="artifact store URL (shared storage, e.g. s3://bucket/cielr)"),
         pool_type: str = typer.Option("process", "--pool-type", help="process | docker | kubernetes"),
         pool: str = typer.Option("cielr-gpu", "--pool", help="work pool name (created if missing)"),
-        profile: str = typer.Option("default", "--profile", "-p", help="config profile the runs use"),
+        profile: str = typer.Option("default", "--profile", "-p", help=PROFILE_HELP + "; the runs use it"),
         cron: str = typer.Option("0 2 * * *", "--cron", help="schedule of the nightly deployment"),
         timezone: str = typer.Option("UTC", "--timezone", help="time zone of the cron schedule"),
         gpu_tag: Optional[str] = typer.Option(None, "--gpu-tag", help="GPU concurrency tag (default gpu:<pool>)"),
@@ -34,6 +34,7 @@ def register(app: typer.Typer) -> None:
         from deployments.helper import (
             POOL_TYPES,
             DeployOptions,
+            check_profile,
             apply_deployments,
             ensure_gpu_limit,
             ensure_pool,
@@ -41,8 +42,10 @@ def register(app: typer.Typer) -> None:
 
         if pool_type not in POOL_TYPES:
             raise fail(f"--pool-type must be one of {', '.join(POOL_TYPES)}", 2)
-        if profile not in ("default", "tiny"):
-            raise fail("--profile must be default or tiny", 2)
+        try:
+            check_profile(profile)
+        except ValueError as e:
+            raise fail(f"--profile: {e}", 2) from e
         opts = DeployOptions(pool=pool, pool_type=pool_type, manifest=manifest, store=store, profile=profile,
                              cron=cron, timezone=timezone, gpu_tag=gpu_tag, gpu_limit=gpu_limit,
                              cuda_visible_devices=cuda_visible_devices, project_dir=project_dir, names=name or [])
