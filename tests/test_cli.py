@@ -220,8 +220,8 @@ def test_every_config_profile_is_accepted_by_the_cli_deploy_and_the_flows(monkey
 
     from prefect.utilities.callables import parameter_schema
 
-    import deployments.helper as helper
     from cielr_core.config import PROFILES
+    from deployments import helper
     from flows.edit_dataset import edit_dataset
     from flows.evaluate import evaluate
 

@@ -34,8 +34,8 @@ def register(app: typer.Typer) -> None:
         from deployments.helper import (
             POOL_TYPES,
             DeployOptions,
-            check_profile,
             apply_deployments,
+            check_profile,
             ensure_gpu_limit,
             ensure_pool,
         )
