@@ -327,8 +327,23 @@ def render_markdown(rows: Any, *, title: str = "Evaluation report", metrics: Ite
     checks = agg["edit_checks"]
     if checks:
         lines += [f"- **edit checks**, {line}" for line in _checks_lines(checks)]
+    lines.append("")
+    if checks:
+        lines += ["## Edit checks", "",
+                  ("A judge checks every step's edit; a rejected edit is retried with other seeds, then re-planned "
+                   "once. *rejected after retries*: a step stayed rejected; *not checked*: verification off or no "
+                   "judge; *no edit*: the edit failed or edited nothing."), ""]
+        head = ["", "verified", "rejected after retries", "not checked", "no edit"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        s_ = checks["samples"]
+        lines.append(f"| samples | {s_['verified']} | {s_['rejected']} | {s_['not_checked']} | {s_['no_edit']} |")
+        if checks["steps"]:
+            t = checks["steps"]
+            lines.append(f"| steps | {t['verified']} | {t['rejected']} | {t['not_checked']} | — |")
+            lines.append("")
+            lines.append(f"Steps re-planned: {t['replanned']}; judge verdicts given: {t['judge_calls']}.")
+        lines.append("")
     lines += [
-        "",
         "## Aggregates",
         "",
         ("Means over finite values; `inf` counted apart; `missing` = model unavailable or undefined "
@@ -345,21 +360,6 @@ def render_markdown(rows: Any, *, title: str = "Evaluation report", metrics: Ite
         lines += [f"## Failed samples ({len(agg['failures'])})", ""]
         for f in agg["failures"]:
             lines.append(f"- `{_md_cell(f['image_id'])}` ({f['status']}): {_md_cell(f.get('error') or '')}")
-        lines.append("")
-    if checks:
-        lines += ["## Edit checks", "",
-                  ("A judge checks every step's edit; a rejected edit is retried with other seeds, then re-planned "
-                   "once. *rejected after retries*: a step stayed rejected; *not checked*: verification off or no "
-                   "judge; *no edit*: the edit failed or edited nothing."), ""]
-        head = ["", "verified", "rejected after retries", "not checked", "no edit"]
-        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        s_ = checks["samples"]
-        lines.append(f"| samples | {s_['verified']} | {s_['rejected']} | {s_['not_checked']} | {s_['no_edit']} |")
-        if checks["steps"]:
-            t = checks["steps"]
-            lines.append(f"| steps | {t['verified']} | {t['rejected']} | {t['not_checked']} | — |")
-            lines.append("")
-            lines.append(f"Steps re-planned: {t['replanned']}; judge verdicts given: {t['judge_calls']}.")
         lines.append("")
     lines += ["## Samples", ""]
     head = ["image_id", "status"] + mets + (["edit check", "steps verified / rejected / not checked"] if checks else [])
@@ -468,6 +468,7 @@ table{border-collapse:collapse;margin:8px 0 20px}th,td{border:1px solid #ccc;pad
 vertical-align:top}th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.failed td{background:#fde8e8}.label{font-weight:bold;color:#a33}.hist{display:inline-block;margin:4px}
 img.thumb{display:block;max-width:160px;max-height:160px}.missing{color:#888}.small{font-size:11px;color:#555}
+th.notes,td.notes{min-width:260px}.steps{margin-top:3px;font-variant-numeric:tabular-nums}
 .chk{display:inline-block;padding:1px 6px;border-radius:8px;font-size:12px;white-space:nowrap}
 .chk-verified{background:#dff3df;color:#1d5e1d}.chk-rejected{background:#fbe0c8;color:#8a3b00}
 .chk-not_checked{background:#eee;color:#555}.chk-no_edit{background:#fff;color:#888;border:1px dashed #bbb}
@@ -548,8 +549,10 @@ def render_html(rows: Any, *, images: Mapping[str, Mapping[str, Any]] | None = N
 
     out.append("<h2>Samples</h2>")
     cols = ["image_id", "status", "before", "after", "mask"] + [m + _arrow(m) for m in mets]
-    cols += (["edit check", "steps verified / rejected / not checked"] if checks else []) + ["instruction / notes"]
-    out.append('<table id="samples"><tr>' + "".join(f"<th>{esc(c)}</th>" for c in cols) + "</tr>")
+    head = "".join(f"<th>{esc(c)}</th>" for c in cols)
+    if checks:
+        head += '<th>edit check<div class="small">steps verified / rejected / not checked</div></th>'
+    out.append('<table id="samples"><tr>' + head + '<th class="notes">instruction / notes</th></tr>')
     shown = sample_rows if max_sample_rows is None else sample_rows[:max_sample_rows]
     for r in shown:
         iid = str(r.get("image_id"))
@@ -570,13 +573,13 @@ def render_html(rows: Any, *, images: Mapping[str, Mapping[str, Any]] | None = N
                 cells.append(f'<td class="num">{esc(fmt(v))}</td>')
         if checks:
             cat = check_category(r)
-            cells.append(f'<td><span class="chk chk-{cat}">{esc(CHECK_LABELS[cat])}</span></td>')
-            cells.append(f'<td class="num">{esc(_steps_cell(r))}</td>')
+            cells.append(f'<td><span class="chk chk-{cat}">{esc(CHECK_LABELS[cat])}</span>'
+                         f'<div class="small steps">{esc(_steps_cell(r))}</div></td>')
         note = esc(str(r.get("instruction") or ""))
         extra = (r.get("error") or "") if not ok else _missing_note(r)
         if extra:
             note += f'<div class="small">{esc(str(extra))}</div>'
-        cells.append(f"<td>{note}</td>")
+        cells.append(f'<td class="notes">{note}</td>')
         out.append(f'<tr class="{"ok" if ok else "failed"}">' + "".join(cells) + "</tr>")
     out.append("</table>")
     if len(shown) < len(sample_rows):

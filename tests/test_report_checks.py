@@ -156,7 +156,7 @@ def test_report_counts_verified_rejected_and_unchecked_edits_overall_and_per_sam
     samples = html.split('<table id="samples">', 1)[1]
     assert samples.count('class="chk chk-verified"') == 1 and samples.count('class="chk chk-rejected"') == 1
     assert samples.count('class="chk chk-not_checked"') == 1 and samples.count('class="chk chk-no_edit"') == 2
-    assert "1 / 1 / 0 (1 re-planned)" in samples
+    assert '<div class="small steps">1 / 1 / 0 (1 re-planned)</div>' in samples
 
 
 def test_rows_without_a_verdict_column_render_as_before():
