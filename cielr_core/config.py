@@ -359,7 +359,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _LayerSource(settings_cls))
+        return (init_settings, env_settings, _LayerSource(settings_cls), _SectionDefaults(settings_cls))
 
     # -- helpers -----------------------------------------------------------------------------
     def resolve_model(self, ref: ModelRef) -> str:
@@ -404,6 +404,19 @@ class _LayerSource(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         return copy.deepcopy(_LAYERS.get())
+
+
+class _SectionDefaults(PydanticBaseSettingsSource):
+    """The lowest layer: every section's defaults as plain data, so that a deeper layer that sets one
+    nested field (``CIELR_PERCEPTION__SAM2__MODEL__PATH=...``) is merged into them instead of
+    replacing the whole nested object (which would lose, say, the model's required ``id``)."""
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - not used, __call__ does it all
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {name: f.default.model_dump() for name, f in self.settings_cls.model_fields.items()
+                if isinstance(f.default, BaseModel)}
 
 
 def _tiny_profile() -> dict[str, Any]:

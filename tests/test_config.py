@@ -121,3 +121,21 @@ def test_config_data_sits_where_the_yaml_file_does(monkeypatch):
     assert s.editing.steps == 5 and s.reasoning.max_iterations == 2
     monkeypatch.setenv("CIELR_EDITING__STEPS", "9")
     assert load_settings(profile="tiny", config_data={"editing": {"steps": 5}}).editing.steps == 9
+
+
+def test_a_path_alone_in_the_environment_keeps_the_model_id(monkeypatch):
+    """The missing-model message says `CIELR_<...>__MODEL__PATH=/path`: that variable alone must work
+    (the nested setting is merged into the section's defaults, not replacing the model reference)."""
+    from cielr_core.models import PATH_SETTING
+
+    for kind, var in PATH_SETTING.items():
+        monkeypatch.setenv(var, f"/models/{kind}")
+    s = load_settings(profile="default")
+    refs = {"sam2": s.perception.sam2.model, "owlv2": s.perception.owlv2.model, "depth": s.perception.depth.model,
+            "llm": s.llm.model, "inpaint": s.editing.model, "lama": s.editing.lama.model,
+            "instruct": s.editing.instruct.model, "clip": s.eval.clip, "dino": s.eval.dino}
+    assert set(refs) == set(PATH_SETTING)
+    for kind, ref in refs.items():
+        assert ref.path == f"/models/{kind}" and ref.id, kind
+        assert s.resolve_model(ref) == f"/models/{kind}"
+    assert s.perception.sam2.model.id == "facebook/sam2.1-hiera-large"
