@@ -110,16 +110,37 @@ def get_model(
         return model
 
 
+#: the setting that points each model kind at a local copy (as an environment variable)
+PATH_SETTING = {
+    "sam2": "CIELR_PERCEPTION__SAM2__MODEL__PATH",
+    "owlv2": "CIELR_PERCEPTION__OWLV2__MODEL__PATH",
+    "depth": "CIELR_PERCEPTION__DEPTH__MODEL__PATH",
+    "llm": "CIELR_LLM__MODEL__PATH",
+    "inpaint": "CIELR_EDITING__MODEL__PATH",
+    "lama": "CIELR_EDITING__LAMA__MODEL__PATH",
+    "instruct": "CIELR_EDITING__INSTRUCT__MODEL__PATH",
+    "clip": "CIELR_EVAL__CLIP__PATH",
+    "dino": "CIELR_EVAL__DINO__PATH",
+}
+
+
+def download_hint(source: str, filename: str | None = None) -> str:
+    """The command that fetches a hub model into the Hugging Face cache (huggingface_hub's `hf` CLI)."""
+    return f"`hf download {source}{' ' + filename if filename else ''}`"
+
+
 def unavailable_message(kind: str, source: str, revision: str | None, cause: BaseException | str) -> str:
     rev = f" (revision {revision})" if revision else ""
     local = os.path.exists(source)
+    setting = PATH_SETTING.get(kind)
+    point = (f"point {setting} at a local copy ({setting}=/path/to/model)" if setting
+             else "point the config at a local copy")
     hint = (
         f"the local path {source!r} exists but could not be loaded; re-create it"
         if local
         else (
-            f"download it once where a hub is reachable (`huggingface-cli download {source}`) into the "
-            "Hugging Face cache (HF_HOME), or point the config at a local copy (e.g. "
-            "CIELR_PERCEPTION__OWLV2__MODEL__PATH=/path/to/model); for offline runs use `cielr models tiny` "
+            f"download it once where a hub is reachable ({download_hint(source)}) into the "
+            f"Hugging Face cache (HF_HOME), or {point}; for offline runs use `cielr models tiny` "
             "and `--profile tiny` (random weights, meaningless edits)"
         )
     )

@@ -311,7 +311,7 @@ def test_lama_checkpoint_from_the_hugging_face_cache(tiny_lama, tmp_path, monkey
     inp = make_lama(EditingConfig(lama={"model": {"id": "someone/big-lama"}}))
     out = inp.inpaint(np.zeros((8, 8, 3), np.uint8), np.ones((8, 8), bool))
     assert out.shape == (8, 8, 3)
-    with pytest.raises(ModelUnavailableError, match="huggingface-cli download nobody/no-lama big-lama.pt"):
+    with pytest.raises(ModelUnavailableError, match="hf download nobody/no-lama big-lama.pt"):
         lama_checkpoint("nobody/no-lama", "big-lama.pt")
     with pytest.raises(ModelUnavailableError, match="CIELR_EDITING__LAMA__MODEL__PATH"):
         lama_checkpoint(str(tmp_path / "absent.pt"), "big-lama.pt")

@@ -383,7 +383,7 @@ def test_missing_weights_raise_model_unavailable_with_the_way_out(tmp_path):
         make_inpainter("diffusers", s)
     assert "opencv" in str(e.value) and "cielr models tiny" in str(e.value)
     s = load_settings(overrides={"editing": {"model": {"id": "nobody/no-such-inpaint-model"}}})
-    with pytest.raises(ModelUnavailableError, match="huggingface-cli download nobody/no-such-inpaint-model"):
+    with pytest.raises(ModelUnavailableError, match="hf download nobody/no-such-inpaint-model"):
         make_inpainter("diffusers", s)
 
 

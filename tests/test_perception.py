@@ -518,13 +518,26 @@ def test_missing_hub_weights_offline_name_the_model(photo):
     s = load_settings(profile="default", overrides={"perception": {"device": "cpu"}})
     p = Perceiver(s)
     small = photo[:64, :64].copy()
-    for call, model_id in ((p.segment, "facebook/sam2.1-hiera-large"),
-                           (p.detect, "google/owlv2-base-patch16-ensemble"),
-                           (p.depth, "depth-anything/Depth-Anything-V2-Small-hf")):
+    for call, model_id, setting in ((p.segment, "facebook/sam2.1-hiera-large", "SAM2"),
+                                    (p.detect, "google/owlv2-base-patch16-ensemble", "OWLV2"),
+                                    (p.depth, "depth-anything/Depth-Anything-V2-Small-hf", "DEPTH")):
         with pytest.raises(ModelUnavailableError) as ei:
             call(small)
         msg = str(ei.value)
-        assert model_id in msg and "huggingface-cli download" in msg and "cielr models tiny" in msg
+        assert model_id in msg and "hf download" in msg and "cielr models tiny" in msg
+        # the way out names this model's own setting, not another kind's
+        assert f"CIELR_PERCEPTION__{setting}__MODEL__PATH" in msg
+        assert not [k for k in ("SAM2", "OWLV2", "DEPTH") if k != setting and f"__{k}__" in msg]
+        assert "huggingface-cli" not in msg
+
+
+def test_every_model_kind_names_its_own_path_setting():
+    from cielr_core.models import PATH_SETTING, unavailable_message
+
+    for kind, setting in PATH_SETTING.items():
+        msg = unavailable_message(kind, "org/missing-model", None, "not in the cache")
+        assert f"{setting}=/path/to/model" in msg and "`hf download org/missing-model`" in msg
+        assert sum(other in msg for other in PATH_SETTING.values()) == 1
 
 
 # --- CLI ----------------------------------------------------------------------------------------------

@@ -106,7 +106,7 @@ def unavailable_hint(source: str, revision: str | None, cause: BaseException | s
         where = f"the local path {source!r} does not exist; fix editing.model.path (CIELR_EDITING__MODEL__PATH) or"
     else:
         where = (
-            f"download it once where the hub is reachable (`huggingface-cli download {source}`) into the Hugging Face "
+            f"download it once where the hub is reachable ({registry.download_hint(source)}) into the Hugging Face "
             "cache (HF_HOME), or point editing.model.path (CIELR_EDITING__MODEL__PATH) at a local diffusers folder, or"
         )
     return (

@@ -62,7 +62,7 @@ def instruct_loader(source: str, revision: str | None, device: str, dtype_name: 
         except (OSError, ValueError, ImportError) as e:
             raise registry.ModelUnavailableError(
                 f"instruction-editing pipeline {source!r} is not available: {str(e).strip()[:300]}. To fix: "
-                f"`huggingface-cli download {source}` where the hub is reachable, or set editing.instruct.model.path "
+                f"{registry.download_hint(source)} where the hub is reachable, or set editing.instruct.model.path "
                 "(CIELR_EDITING__INSTRUCT__MODEL__PATH) to a local diffusers folder") from e
         pipe = pipe.to(device)
         pipe.set_progress_bar_config(disable=True)

@@ -50,7 +50,7 @@ def lama_checkpoint(source: str, filename: str, revision: str | None = None) -> 
         return found
     raise registry.ModelUnavailableError(
         f"LaMa checkpoint {filename!r} of {source!r} is not in the Hugging Face cache ({cache_dir}). To fix: "
-        f"`huggingface-cli download {source} {filename}` where the hub is reachable, or set "
+        f"{registry.download_hint(source, filename)} where the hub is reachable, or set "
         "editing.lama.model.path (CIELR_EDITING__LAMA__MODEL__PATH) to a big-lama.pt TorchScript file; until then "
         "`remove` uses the next backend (SD inpainting, then OpenCV)")
 

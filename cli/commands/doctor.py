@@ -110,7 +110,7 @@ def register(app: typer.Typer) -> None:
             name, ref = entry
             ok, source = model_present(s, ref)
             fix = ("cielr models tiny" if s.profile == "tiny" else
-                   f"huggingface-cli download {ref.id} (where a hub is reachable), or set its path in the config")
+                   f"hf download {ref.id} (where a hub is reachable), or set its path in the config")
             report(ok, f"{name} weights: {source}" + ("" if ok else " not found"), fix)
         for ok, what, fix, warn_only in editing_weights(s):
             report(ok, what, fix, warn_only=warn_only)
