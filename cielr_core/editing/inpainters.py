@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from cielr_core import models as registry
-from cielr_core.config import EditingConfig, Settings
+from cielr_core.config import EditingConfig, ModelRef, Settings
 
 from .errors import EditingError
 from .prep import model_size, resize_mask, resize_rgb
@@ -267,18 +267,24 @@ def _is_flux_pipe(pipe: Any) -> bool:
 
 
 # -- factory -------------------------------------------------------------------------------------
+def model_source(settings: Settings | EditingConfig, ref: ModelRef, setting: str) -> str:
+    """The local path or hub id of ``ref`` (``setting`` names it in errors). With only the editing
+    section at hand, a path that uses ``${models_dir}`` cannot be resolved: that is an error."""
+    if isinstance(settings, Settings):
+        return settings.resolve_model(ref)
+    if ref.path and "${models_dir}" in ref.path:
+        raise EditingError(
+            f"{setting} {ref.path!r} uses ${{models_dir}}: pass the whole Settings, not only its editing section"
+        )
+    return os.path.expanduser(ref.path) if ref.path else ref.id
+
+
 def editing_config(settings: Settings | EditingConfig) -> tuple[EditingConfig, str]:
     """The editing section and the resolved model source (local path or hub id)."""
     if isinstance(settings, Settings):
         return settings.editing, settings.resolve_model(settings.editing.model)
     if isinstance(settings, EditingConfig):
-        ref = settings.model
-        if ref.path and "${models_dir}" in ref.path:
-            raise EditingError(
-                f"editing.model.path {ref.path!r} uses ${{models_dir}}: pass the whole Settings, not only its "
-                "editing section"
-            )
-        return settings, os.path.expanduser(ref.path) if ref.path else ref.id
+        return settings, model_source(settings, settings.model, "editing.model.path")
     raise TypeError(f"expected Settings or EditingConfig, got {type(settings).__name__}")
 
 

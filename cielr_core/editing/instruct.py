@@ -141,19 +141,12 @@ class InstructEditor:
 
 
 def make_instruct_editor(settings) -> InstructEditor:
-    from cielr_core.config import Settings
-
-    from .inpainters import editing_config
+    from .inpainters import editing_config, model_source
 
     cfg, _ = editing_config(settings)
     ic = cfg.instruct
     ref = ic.model
-    if isinstance(settings, Settings):
-        source = settings.resolve_model(ref)
-    else:
-        if ref.path and "${models_dir}" in ref.path:
-            raise EditingError("editing.instruct.model.path uses ${models_dir}: pass the whole Settings")
-        source = os.path.expanduser(ref.path) if ref.path else ref.id
+    source = model_source(settings, ref, "editing.instruct.model.path")
     device = registry.resolve_device(cfg.device)
     dtype = registry.resolve_dtype(cfg.dtype, device)
     dtype_name = {"torch.float32": "float32", "torch.float16": "float16", "torch.bfloat16": "bfloat16"}[str(dtype)]

@@ -122,18 +122,11 @@ class LamaInpainter:
 
 def make_lama(settings) -> LamaInpainter:
     """A LaMa inpainter from the settings (``ModelUnavailableError`` when the checkpoint is absent)."""
-    from cielr_core.config import Settings
-
-    from .inpainters import editing_config
+    from .inpainters import editing_config, model_source
 
     cfg, _ = editing_config(settings)
     ref = cfg.lama.model
-    if isinstance(settings, Settings):
-        source = settings.resolve_model(ref)
-    else:
-        if ref.path and "${models_dir}" in ref.path:
-            raise EditingError("editing.lama.model.path uses ${models_dir}: pass the whole Settings")
-        source = os.path.expanduser(ref.path) if ref.path else ref.id
+    source = model_source(settings, ref, "editing.lama.model.path")
     path = lama_checkpoint(source, cfg.lama.filename, ref.revision)
     device = registry.resolve_device(cfg.device)
     return LamaInpainter(path, device=device, pad_multiple=cfg.lama.pad_multiple, label=ref.id)
