@@ -5,27 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_editing import box, scene_of  # the editing tests' constructed scenes
 
 from cielr_core import masks as M
 from cielr_core.config import EditingConfig
 from cielr_core.editing import EditingError, execute_step
 from cielr_core.editing.color import COLORS, find_color, hue_deg, recolor, resolve_color, rgb8_to_oklab
 from cielr_core.plan import EditStep
-from cielr_core.ssr import SSR, Scene, make_object
 
 H, W = 90, 120
 
 
-def box(h, w, y0, y1, x0, x1) -> np.ndarray:
-    m = np.zeros((h, w), dtype=bool)
-    m[y0:y1, x0:x1] = True
-    return m
-
-
-def scene_of(masks: dict[int, np.ndarray], labels: dict[int, str] | None = None) -> Scene:
-    h, w = next(iter(masks.values())).shape
-    objects = {i: make_object(i, m, label=(labels or {}).get(i, "thing")) for i, m in masks.items()}
-    return Scene(SSR(image_sha256="0" * 64, width=w, height=h, objects=objects), masks)
 
 
 def textured_object_image(seed=0):
