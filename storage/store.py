@@ -93,6 +93,21 @@ def _is_transient(exc: BaseException) -> bool:
     return False
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows (``os.umask`` sets it, which
+    is a race with other threads creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 class ArtifactStore:
     """Bytes, canonical JSON, PNG images, 1-bit PNG masks, numpy arrays and Parquet tables under string keys."""
 
@@ -231,6 +246,7 @@ class ArtifactStore:
                 os.makedirs(directory, exist_ok=True)
                 fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=f"-{uuid.uuid4().hex[:8]}", dir=directory)
                 try:
+                    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a store file is as open() would make it
                     with os.fdopen(fd, "wb") as f:
                         f.write(data)
                         f.flush()

@@ -99,6 +99,20 @@ def test_uri_for(store, tmp_path):
         assert uri.startswith("s3://") and uri.endswith("/prefix/a/b.json")
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_local_files_respect_the_umask(tmp_path, umask):
+    """A store file gets the mode open() would give it (0666 less the umask), not mkstemp's 0600."""
+    store = ArtifactStore(str(tmp_path / "s"))
+    old = os.umask(umask)
+    try:
+        store.put_bytes("runs/r1/index.html", b"<html></html>")
+        store.put_png("out/a/edited.png", np.zeros((2, 2, 3), np.uint8))
+    finally:
+        os.umask(old)
+    for key in ("runs/r1/index.html", "out/a/edited.png"):
+        assert os.stat(store.uri_for(key)).st_mode & 0o777 == 0o666 & ~umask, key
+
+
 class _Exploding:
     """bytes-like object whose buffer export fails midway through a write."""
 
