@@ -162,6 +162,17 @@ class LLMConfig(Section):
     max_retries: int = Field(default=4, json_schema_extra=NO_DIGEST, description="transport retries (429/5xx/timeouts)")
     device: Device = Field(default="auto", json_schema_extra=NO_DIGEST)
     dtype: DType = "auto"
+    max_concurrency: int = Field(
+        default=8, ge=1, json_schema_extra=NO_DIGEST,
+        description="openai backend: requests in flight at once to the endpoint (one shared HTTP client per "
+                    "process), so a vLLM/SGLang server batches the calls of the images in flight")
+    max_batch_size: int = Field(
+        default=8, ge=1, json_schema_extra=NO_DIGEST,
+        description="transformers backend: concurrent calls decoded together as one batch (left padding, one "
+                    "grammar matcher per row); 1 decodes every call alone. Answers equal batch-1 greedy decoding")
+    batch_wait_ms: float = Field(
+        default=5.0, ge=0, json_schema_extra=NO_DIGEST,
+        description="transformers backend: how long a batch waits for more calls before it starts")
 
 
 class SandboxConfig(Section):
@@ -286,7 +297,15 @@ class StoreConfig(Section):
 
 class LimitsConfig(Section):
     max_image_pixels: int = Field(default=40_000_000, description="larger images are refused")
-    max_image_bytes: int = 100 * 1024 * 1024
+    max_image_bytes: int = Field(default=100 * 1024 * 1024, description="larger files (images, masks) are refused unread")
+    max_manifest_bytes: int = Field(default=1024 * 1024 * 1024, description="a larger manifest file is refused unread")
+    min_image_side: int = Field(default=32, ge=1, description="images with a shorter side are refused (before decoding)")
+    max_aspect_ratio: float = Field(
+        default=20.0, ge=1.0, description="images whose long side exceeds this many short sides are refused (before decoding)")
+    max_working_side: int = Field(
+        default=2048, ge=64,
+        description="every model perceives a copy whose long side is at most this (results mapped back to the "
+        "image's own size); images within it are perceived as they are")
     allowed_input_roots: list[str] = Field(
         default_factory=list,
         description="manifests may only reference images under these roots (paths or URL prefixes); "
@@ -301,7 +320,9 @@ class OrchestrationConfig(Section):
     retry_jitter_factor: float = 0.5
     stage_timeout_s: float = 1800.0
     gpu_tag: str = Field(default="gpu", json_schema_extra=NO_DIGEST,
-                         description="tag on GPU-stage tasks; a tag concurrency limit on it caps GPU use per worker")
+                         description="name of the Prefect global concurrency limit of which each dataset chunk holds "
+                         "one slot while it runs (gpu:<pool> in the deployments; `cielr deploy` creates it), so "
+                         "one worker's GPU is never shared by two runs; stage tasks carry no tag. Empty: no slot")
     dask_workers: int = Field(default=2, json_schema_extra=NO_DIGEST, description="LocalCluster workers (--runner dask)")
     dask_gpus_per_worker: float = Field(default=1.0, json_schema_extra=NO_DIGEST)
     dask_gpu_per_image: float = Field(
@@ -311,6 +332,14 @@ class OrchestrationConfig(Section):
         default=1, ge=1, json_schema_extra=NO_DIGEST,
         description="torch intra-op CPU threads in every process that runs stages (in-process, Dask workers, CLI); "
         "one fixed count, because CPU kernels split their sums by thread count and another count gives other bytes")
+    max_failed_fraction: float = Field(
+        default=0.0, ge=0.0, le=1.0, json_schema_extra=NO_DIGEST,
+        description="share of failed / invalid / cancelled rows above which an edit_dataset run ends Failed "
+        "(0: any such row fails the run); results.parquet is written either way")
+    max_in_flight: int | None = Field(
+        default=None, ge=1, json_schema_extra=NO_DIGEST,
+        description="images of a chunk in progress at once, each its own chain of stage tasks (threads); "
+        "unset = by device: 2 on CPU, 8 on CUDA")
 
 
 class EvalConfig(Section):

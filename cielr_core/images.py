@@ -6,7 +6,11 @@
 * Multi-frame files (GIF, TIFF) give their first frame.
 * Anything else fails with :class:`BadImageError`, whose message says what and why: bytes that are
   not an image, truncated or corrupt files, headers declaring more than ``max_pixels`` pixels
-  (checked BEFORE decoding, so a decompression bomb never allocates), files over ``max_bytes``.
+  (checked BEFORE decoding, so a decompression bomb never allocates), files over ``max_bytes``,
+  and (when given) a short side under ``min_side`` or a long side above ``max_aspect`` short sides
+  (both also from the header, before decoding: a 30000x8 strip is refused, not padded to a square).
+* :func:`decode_image_file` reads regular files only (:mod:`cielr_core.files`: no FIFO, device or
+  directory is opened; the size is checked before reading).
 
 :func:`image_digest` is a content hash of the decoded pixels (shape + bytes), so the same picture
 saved as PNG or as a re-encoded lossless file has the same digest, while a different encoding of
@@ -31,7 +35,8 @@ class BadImageError(ValueError):
     transient = False
 
 
-def decode_image(data: bytes, *, max_pixels: int, max_bytes: int | None = None) -> np.ndarray:
+def decode_image(data: bytes, *, max_pixels: int, max_bytes: int | None = None, min_side: int | None = None,
+                 max_aspect: float | None = None) -> np.ndarray:
     """Decode ``data`` to an HxWx3 uint8 RGB array (see the module docstring for the rules)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise BadImageError(f"expected image bytes, got {type(data).__name__}")
@@ -63,6 +68,7 @@ def decode_image(data: bytes, *, max_pixels: int, max_bytes: int | None = None) 
                     f"{fmt} is {w}x{h} = {w * h} pixels, above the {max_pixels}-pixel limit "
                     "(limits.max_image_pixels); refused before decoding"
                 )
+            check_size(w, h, min_side=min_side, max_aspect=max_aspect, what=fmt)
             try:
                 im.seek(0)
                 im.load()
@@ -79,22 +85,37 @@ def decode_image(data: bytes, *, max_pixels: int, max_bytes: int | None = None) 
             return _to_rgb(upright)
 
 
-def decode_image_file(path: str | Path, *, max_pixels: int, max_bytes: int | None = None) -> np.ndarray:
-    """:func:`decode_image` on a local file, with a clear error when it cannot be read."""
+def check_size(width: int, height: int, *, min_side: int | None = None, max_aspect: float | None = None,
+               what: str = "image") -> None:
+    """:class:`BadImageError` when a side is under ``min_side`` pixels or the long side is more than
+    ``max_aspect`` times the short one (the header's size, so nothing is decoded for it)."""
+    short, long_ = min(width, height), max(width, height)
+    if min_side is not None and short < min_side:
+        raise BadImageError(
+            f"{what} is {width}x{height}: a side under the {min_side}-pixel minimum (limits.min_image_side); "
+            "too small to perceive"
+        )
+    if max_aspect is not None and long_ > max_aspect * short:
+        raise BadImageError(
+            f"{what} is {width}x{height}: aspect ratio {long_ / short:.1f}:1 is above the {max_aspect:g}:1 limit "
+            "(limits.max_aspect_ratio); crop or split it"
+        )
+
+
+def decode_image_file(path: str | Path, *, max_pixels: int, max_bytes: int | None = None,
+                      min_side: int | None = None, max_aspect: float | None = None) -> np.ndarray:
+    """:func:`decode_image` on a local file, with a clear error when it cannot be read (regular
+    files only, size checked before reading: :func:`cielr_core.files.read_regular_file`)."""
+    from cielr_core.files import UnreadableFileError, read_regular_file
+
     p = Path(path)
     try:
-        size = p.stat().st_size
-        if max_bytes is not None and size > max_bytes:
-            raise BadImageError(f"{p}: {size} bytes, above the {max_bytes}-byte limit (limits.max_image_bytes)")
-        data = p.read_bytes()
-    except FileNotFoundError as e:
-        raise BadImageError(f"{p}: no such file") from e
-    except IsADirectoryError as e:
-        raise BadImageError(f"{p}: is a directory, not an image") from e
-    except PermissionError as e:
-        raise BadImageError(f"{p}: permission denied") from e
+        data = read_regular_file(p, max_bytes=max_bytes if max_bytes is not None else 1 << 62)
+    except UnreadableFileError as e:
+        raise BadImageError(str(e)) from e
     try:
-        return decode_image(data, max_pixels=max_pixels, max_bytes=max_bytes)
+        return decode_image(data, max_pixels=max_pixels, max_bytes=max_bytes, min_side=min_side,
+                            max_aspect=max_aspect)
     except BadImageError as e:
         raise BadImageError(f"{p}: {e}") from e
 
@@ -212,6 +233,7 @@ def as_rgb(img: Any) -> np.ndarray:
 __all__ = [
     "BadImageError",
     "as_rgb",
+    "check_size",
     "check_rgb",
     "decode_image",
     "decode_image_file",

@@ -4,10 +4,18 @@ A manifest is Parquet with ``image_id``, ``image_uri``, ``instruction`` (optiona
 ``mask_uri``, ``reference_text``; benchmarks may add string columns). Rows are validated up front:
 bad rows are reported and skipped, not fatal; a manifest that lacks a required column is a clear
 error. Reading the bytes (local, s3://) is the orchestration's job (tasks/manifest.py).
+
+Column types are whatever the writer chose (pandas writes an integer column with a missing value
+as float NaN; a hand-made file may hold ids as integers or a list where a string belongs), so each
+row's values are coerced one by one (:func:`coerce_row`) before any rule runs: lossless changes
+are made (an integer ``image_id`` 7 becomes ``"7"``; a ``seed`` 3.0 or ``"3"`` becomes 3; NaN in an
+optional column is missing), anything else makes that row ``invalid`` with a message naming the
+column and the type it had; the other rows run.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterable
@@ -38,6 +46,11 @@ class Manifest:
     uri: str
     rows: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)  # each with image_id, image_uri, instruction, error
+
+
+#: how to allow a folder (the manifest's own folder is the default root)
+ALLOW_HINT = ("allow its folder with `cielr run --allow-root DIR` (repeatable) or the setting "
+              "limits.allowed_input_roots (CIELR_LIMITS__ALLOWED_INPUT_ROOTS)")
 
 
 def _is_remote(uri: str) -> bool:
@@ -82,30 +95,36 @@ def validate(uri: str, table: pa.Table, *, allowed_roots: list[str], limit: int 
     base_dir = None if _is_remote(uri) else os.path.dirname(os.path.realpath(_local(uri)))
     roots = list(allowed_roots) or ([base_dir] if base_dir else [uri.rsplit("/", 1)[0]])
     cols = [c for c in REQUIRED + OPTIONAL if c in table.column_names]
-    records = table.select(cols).to_pylist()
     if limit is not None:
-        records = records[: max(0, limit)]
+        table = table.slice(0, max(0, limit))
+    try:
+        records = table.select(cols).to_pylist()
+    except Exception as e:  # noqa: BLE001 - a column type pyarrow cannot turn into Python values
+        raise ManifestError(f"manifest {uri}: its columns cannot be read as values: {type(e).__name__}: {e}") from e
     out = Manifest(uri=uri)
     seen: set[str] = set()
-    for i, rec in enumerate(records):
-        error = row_error(rec, seen)
+    for i, raw in enumerate(records):
+        rec, error = coerce_row(raw)
+        if error is None:
+            error = row_error(rec, seen)
         row = {
             "row": i,
-            "image_id": rec.get("image_id") if isinstance(rec.get("image_id"), str) else str(rec.get("image_id")),
-            "image_uri": rec.get("image_uri") or "",
-            "instruction": rec.get("instruction") or "",
-            "seed": rec.get("seed"),
-            "mask_uri": rec.get("mask_uri"),
-            "reference_text": rec.get("reference_text"),
+            "image_id": _as_text(rec.get("image_id")),
+            "image_uri": _as_text(rec.get("image_uri")),
+            "instruction": _as_text(rec.get("instruction")),
+            "seed": rec.get("seed") if error is None else _int_or_none(rec.get("seed")),
+            "mask_uri": rec.get("mask_uri") if isinstance(rec.get("mask_uri"), str) else None,
+            "reference_text": rec.get("reference_text") if isinstance(rec.get("reference_text"), str) else None,
         }
         if error is None:
             row["image_uri"] = _resolve(rec["image_uri"], base_dir)
             if not _under(row["image_uri"], roots):
-                error = f"image_uri {rec['image_uri']!r} is outside the allowed input roots ({', '.join(roots)})"
+                error = (f"image_uri {rec['image_uri']!r} is outside the allowed input roots ({', '.join(roots)}); "
+                         f"{ALLOW_HINT}")
         if error is None and row["mask_uri"]:
             row["mask_uri"] = _resolve(row["mask_uri"], base_dir)
             if not _under(row["mask_uri"], roots):
-                error = f"mask_uri {rec['mask_uri']!r} is outside the allowed input roots"
+                error = f"mask_uri {rec['mask_uri']!r} is outside the allowed input roots; {ALLOW_HINT}"
         if error is None:
             seen.add(row["image_id"])
             out.rows.append(row)
@@ -113,6 +132,70 @@ def validate(uri: str, table: pa.Table, *, allowed_roots: list[str], limit: int 
             row["error"] = f"row {i}: {error}"
             out.rejected.append(row)
     return out
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _type_name(v: Any) -> str:
+    return type(v).__name__
+
+
+def _short(v: Any, n: int = 60) -> str:
+    r = repr(v)
+    return r if len(r) <= n else r[: n - 3] + "..."
+
+
+def _as_text(v: Any) -> str:
+    """A printable stand-in for a value of a rejected row (results.parquet's string columns)."""
+    if _missing(v):
+        return ""
+    return v if isinstance(v, str) else _short(v, 200)
+
+
+def _int_or_none(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63 else None
+
+
+def coerce_row(raw: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The row's values in the manifest's types, and the first error (None when every value fits).
+
+    ``image_id``: a string, or an integer (or an integral float) written as its decimal digits.
+    ``image_uri``, ``instruction``, ``mask_uri``, ``reference_text``: strings (the last two may be
+    missing). ``seed``: a non-negative integer below 2**63, an integral float (3.0) or a string of
+    digits; NaN or None is missing. Booleans, lists, bytes, dicts and other types are errors."""
+    rec = dict(raw)
+    for c in ("image_id", "image_uri", "instruction", "mask_uri", "reference_text", "seed"):
+        if c in rec and _missing(rec[c]):
+            rec[c] = None
+    v = rec.get("image_id")
+    if v is not None and not isinstance(v, str):
+        if isinstance(v, int) and not isinstance(v, bool):
+            rec["image_id"] = str(v)
+        elif isinstance(v, float) and math.isfinite(v) and v.is_integer():
+            rec["image_id"] = str(int(v))
+        else:
+            return rec, f"image_id must be a string (or an integer), got {_type_name(v)} {_short(v)}"
+    for c in ("image_uri", "instruction", "mask_uri", "reference_text"):
+        v = rec.get(c)
+        if v is not None and not isinstance(v, str):
+            return rec, f"{c} must be a string, got {_type_name(v)} {_short(v)}"
+    v = rec.get("seed")
+    if v is not None:
+        seed: int | None = None
+        if isinstance(v, bool):
+            seed = None
+        elif isinstance(v, int):
+            seed = v
+        elif isinstance(v, float) and math.isfinite(v) and v.is_integer():
+            seed = int(v)
+        elif isinstance(v, str) and re.fullmatch(r"\s*\d{1,19}\s*", v):
+            seed = int(v)
+        if seed is None or not 0 <= seed < 2**63:
+            return rec, f"seed must be a non-negative integer, got {_type_name(v)} {_short(v)}"
+        rec["seed"] = seed
+    return rec, None
 
 
 def row_error(rec: dict[str, Any], seen: set[str]) -> str | None:

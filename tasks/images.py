@@ -9,6 +9,7 @@ import numpy as np
 from prefect import task
 
 from cielr_core.config import Settings
+from cielr_core.files import UnreadableFileError, read_regular_file
 from cielr_core.images import BadImageError, decode_image, encode_png, image_digest
 from tasks import keys, runtime
 from tasks.refs import ImageRef
@@ -29,11 +30,24 @@ def storage_options_for(uri: str, s: Settings) -> dict[str, Any]:
     return {}
 
 
+def _local_path(uri: str) -> str | None:
+    if uri.startswith("file://"):
+        return uri[len("file://"):]
+    return None if "://" in uri else uri
+
+
 def read_uri(uri: str, s: Settings, *, max_bytes: int | None = None) -> bytes:
-    """Bytes of a local path or URL (s3:// uses the store's endpoint and credentials)."""
+    """Bytes of a local path or URL (s3:// uses the store's endpoint and credentials). A local path
+    must be a regular file (no FIFO, device or directory is opened) of at most ``max_bytes``."""
+    limit = max_bytes if max_bytes is not None else s.limits.max_image_bytes
+    local = _local_path(uri)
+    if local is not None:
+        try:
+            return read_regular_file(local, max_bytes=limit)
+        except UnreadableFileError as e:
+            raise BadImageError(str(e)) from e
     try:
         with fsspec.open(uri, "rb", **storage_options_for(uri, s)) as f:
-            limit = max_bytes if max_bytes is not None else s.limits.max_image_bytes
             data = f.read(limit + 1)
     except FileNotFoundError as e:
         raise BadImageError(f"{uri}: no such file") from e
@@ -64,7 +78,8 @@ def load_image(image_uri: str, settings: runtime.SettingsRef) -> ImageRef:
     s = runtime.settings(settings)
     data = read_uri(image_uri, s)
     try:
-        rgb = decode_image(data, max_pixels=s.limits.max_image_pixels, max_bytes=s.limits.max_image_bytes)
+        rgb = decode_image(data, max_pixels=s.limits.max_image_pixels, max_bytes=s.limits.max_image_bytes,
+                           min_side=s.limits.min_image_side, max_aspect=s.limits.max_aspect_ratio)
     except BadImageError as e:
         raise BadImageError(f"{image_uri}: {e}") from e
     return put_rgb(rgb, s)

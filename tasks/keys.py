@@ -19,6 +19,7 @@ artifact is derived from that artifact's prefix (:func:`cache_key`), so the two 
     out/<image sha>/<instruction sha>/<config digest>/        the image's outputs (OUTPUT_FILES)
     plan/<ssr digest>/<instruction+reasoning digest>/         `cielr plan` (plan.json, trace.json)
     runs/<run id>/results.parquet                             one edit_dataset run
+    runs/<run id>/index.html                                  its browsable page (links relative)
     eval/manifests/<sha of the manifest bytes>.parquet        a benchmark's manifest
     eval/<run id>/                                            metrics.parquet, report.md, report.html
     prefect/                                                  Prefect's results and cache records
@@ -234,6 +235,46 @@ def results_key(run_id: str) -> str:
     return f"runs/{run_id}/results.parquet"
 
 
+def run_prefix(run_id: str) -> str:
+    return f"runs/{run_id}"
+
+
+def run_index_key(run_id: str) -> str:
+    """The run's browsable page, beside its results.parquet."""
+    return f"{run_prefix(run_id)}/index.html"
+
+
+def run_id_of(key: str) -> str | None:
+    """The run id of ``runs/<run id>`` or ``runs/<run id>/results.parquet`` (a key, or the tail of a
+    URI); None for anything else."""
+    parts = key.strip("/").split("/")
+    if parts[-1] == "results.parquet":
+        parts = parts[:-1]
+    if len(parts) >= 2 and parts[-2] == "runs" and parts[-1] not in ("", ".", ".."):
+        return parts[-1]
+    return None
+
+
+def store_root_of_run(uri: str) -> str | None:
+    """The store URL holding the run ``uri`` (a results.parquet URI or its run folder, a path or an
+    s3:// URL): what comes before ``/runs/<run id>``; None if ``uri`` is not a run's."""
+    run_id = run_id_of(uri)
+    if run_id is None:
+        return None
+    tail = f"/{run_prefix(run_id)}"
+    base = uri.rstrip("/")
+    base = base[: -len("/results.parquet")] if base.endswith("/results.parquet") else base
+    if base == tail[1:]:
+        return "."
+    return base[: -len(tail)] if base.endswith(tail) else None
+
+
+def results_part_key(run_id: str, part: str) -> str:
+    """One part of a run's results, written as soon as its rows finished (``rejected``, ``chunk-00003``);
+    results.parquet is assembled from them at the end."""
+    return f"runs/{run_id}/parts/{part}.parquet"
+
+
 def eval_manifest_key(manifest_sha: str) -> str:
     return f"eval/manifests/{manifest_sha}.parquet"
 
@@ -273,6 +314,7 @@ def load_cache_key(uri: str, identity: dict[str, str], s: Settings, decode_code_
     """Loading has no prefix before it runs (the content digest is its result): its key is the URI,
     what the filesystem says identifies its content (size, mtime / ETag) and the decoding limits."""
     return short_key("load-" + sha256_json([uri, identity, s.limits.max_image_pixels, s.limits.max_image_bytes,
+                                            s.limits.min_image_side, s.limits.max_aspect_ratio,
                                             decode_code_version]))
 
 

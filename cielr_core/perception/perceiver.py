@@ -17,7 +17,7 @@ from cielr_core.canonical import sha256_json
 from cielr_core.config import Settings, settings_from_dict
 from cielr_core.images import check_rgb
 from cielr_core.models import resolve_device, resolve_dtype
-from cielr_core.perception import build, label, loading
+from cielr_core.perception import build, label, loading, working
 from cielr_core.perception import depth as depth_mod
 from cielr_core.perception import segment as seg_mod
 from cielr_core.perception.results import Detections, SegmentResult
@@ -33,6 +33,10 @@ from cielr_core.ssr import Scene
 
 def _check_rgb(rgb: np.ndarray) -> np.ndarray:
     return check_rgb(rgb)
+
+
+# Every model sees a bounded working copy (limits.max_working_side) and its results come back at the
+# image's own size: see cielr_core.perception.working. Each stage method below does both.
 
 
 class Perceiver:
@@ -69,11 +73,17 @@ class Perceiver:
         return self._vocabulary
 
     # -- stages -------------------------------------------------------------------------------
+    @property
+    def max_working_side(self) -> int:
+        return self.settings.limits.max_working_side
+
     def segment(self, rgb: np.ndarray, sam2_overrides: dict[str, Any] | None = None) -> SegmentResult:
         """SAM2 automatic masks; ``sam2_overrides`` (generator settings) merged over the config."""
         rgb = _check_rgb(rgb)
         settings = seg_mod.generator_settings(self.cfg.sam2, sam2_overrides)
-        return seg_mod.run_generator(self.sam2_model(), rgb, settings, device=self.device, dtype=self.dtype)
+        seg = seg_mod.run_generator(self.sam2_model(), working.working_copy(rgb, self.max_working_side), settings,
+                                    device=self.device, dtype=self.dtype)
+        return working.segment_to_size(seg, *rgb.shape[:2])
 
     def queries(self, extra_queries: Sequence[str] = ()) -> list[str]:
         return merge_queries(self.vocabulary, extra_queries)
@@ -83,22 +93,26 @@ class Perceiver:
         rgb = _check_rgb(rgb)
         model, processor = self.owlv2_model()
         c = self.cfg.owlv2
-        return label.detect(
-            model, processor, rgb, self.queries(extra_queries),
+        small = working.working_copy(rgb, self.max_working_side)
+        det = label.detect(
+            model, processor, small, self.queries(extra_queries),
             score_threshold=c.score_threshold, nms_iou=c.nms_iou, max_queries_per_pass=c.max_queries_per_pass,
             cache_key=f"{self._source(c.model)}@{c.model.revision}:{self.device}:{self.dtype}",
             top_k=c.label_candidates,
         )
+        return working.detections_to_size(det, small.shape[:2], *rgb.shape[:2])
 
     def depth(self, rgb: np.ndarray) -> np.ndarray:
         """Relative depth, float32 (H, W), larger = nearer (not normalised)."""
         rgb = _check_rgb(rgb)
         model, processor = self.depth_model()
-        return depth_mod.predict_depth(model, processor, rgb)
+        d = depth_mod.predict_depth(model, processor, working.working_copy(rgb, self.max_working_side))
+        return working.depth_to_size(d, *rgb.shape[:2])
 
     # -- batches (models resident; OWLv2 and depth batched by cfg.batch_size) ------------------
     def detect_many(self, rgbs: Sequence[np.ndarray], extra_queries: Sequence[str] = ()) -> list[Detections]:
-        rgbs = [_check_rgb(r) for r in rgbs]
+        full = [_check_rgb(r) for r in rgbs]
+        rgbs = [working.working_copy(r, self.max_working_side) for r in full]
         model, processor = self.owlv2_model()
         c = self.cfg.owlv2
         queries = self.queries(extra_queries)
@@ -111,11 +125,12 @@ class Perceiver:
                 cache_key=f"{self._source(c.model)}@{c.model.revision}:{self.device}:{self.dtype}",
                 top_k=c.label_candidates,
             )
-        return out
+        return [working.detections_to_size(d, r.shape[:2], *f.shape[:2]) for d, r, f in zip(out, rgbs, full)]
 
     def depth_many(self, rgbs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Depth of many images: same-size images share forward passes of up to batch_size."""
-        rgbs = [_check_rgb(r) for r in rgbs]
+        full = [_check_rgb(r) for r in rgbs]
+        rgbs = [working.working_copy(r, self.max_working_side) for r in full]
         model, processor = self.depth_model()
         groups: dict[tuple[int, int], list[int]] = {}
         for i, r in enumerate(rgbs):
@@ -126,7 +141,7 @@ class Perceiver:
             for j in range(0, len(idx), bs):
                 chunk = idx[j : j + bs]
                 for i, d in zip(chunk, depth_mod.predict_depth_batch(model, processor, [rgbs[i] for i in chunk])):
-                    out[i] = d
+                    out[i] = working.depth_to_size(d, *full[i].shape[:2])
         return out  # type: ignore[return-value]
 
     def perceive_many(self, rgbs: Sequence[np.ndarray], *, image_sha256s: Sequence[str] | None = None,
