@@ -310,8 +310,12 @@ def _missing_note(r: dict[str, Any]) -> str:
 # -- markdown --------------------------------------------------------------------------------------
 def render_markdown(rows: Any, *, title: str = "Evaluation report", metrics: Iterable[str] | None = None,
                     best_of: int | None = None, meta: Mapping[str, Any] | None = None,
-                    max_sample_rows: int | None = None) -> str:
-    """The report as markdown: summary, aggregate table, failures, per-sample table."""
+                    max_sample_rows: int | None = None, plans: Mapping[str, list[dict[str, Any]]] | None = None,
+                    links: Mapping[str, Mapping[str, str]] | None = None) -> str:
+    """The report as markdown: summary, aggregate table, failures, per-sample table. ``plans``
+    (image_id -> the plan's steps as dicts, see :func:`plan_step_text`) adds a column with each
+    step and its reason; ``links`` (image_id -> {label: URL}, e.g. mask, GT mask, SSR overlay) a
+    column of links to the sample's files."""
     rows = as_rows(rows)
     mets = metric_columns(rows, metrics)
     agg = aggregate(rows, mets, best_of=best_of)
@@ -363,6 +367,7 @@ def render_markdown(rows: Any, *, title: str = "Evaluation report", metrics: Ite
         lines.append("")
     lines += ["## Samples", ""]
     head = ["image_id", "status"] + mets + (["edit check", "steps verified / rejected / not checked"] if checks else [])
+    head += (["plan (steps and reasons)"] if plans is not None else []) + (["files"] if links is not None else [])
     head += ["notes"]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
@@ -370,6 +375,11 @@ def render_markdown(rows: Any, *, title: str = "Evaluation report", metrics: Ite
     for r in shown:
         note = (r.get("error") or "") if not is_ok(r) else _missing_note(r)
         check = [CHECK_LABELS[check_category(r)], _steps_cell(r)] if checks else []
+        iid = str(r.get("image_id"))
+        if plans is not None:
+            check.append("; ".join(f"{i}. {plan_step_text(st)}" for i, st in enumerate(plans.get(iid) or [], 1)) or "—")
+        if links is not None:
+            check.append(" ".join(f"[{label}](<{url}>)" for label, url in (links.get(iid) or {}).items()) or "—")
         lines.append("| " + " | ".join(_md_cell(c) for c in _sample_cells(r, mets) + check + [note]) + " |")
     if len(shown) < len(sample_rows):
         lines.append(f"\n({len(sample_rows) - len(shown)} more rows in metrics.parquet)")
@@ -380,12 +390,15 @@ def render_markdown(rows: Any, *, title: str = "Evaluation report", metrics: Ite
 # -- images ----------------------------------------------------------------------------------------
 def thumbnail_data_uri(img: Any, size: int = 160, *, mask: bool = False) -> str | None:
     """A ``data:image/...;base64,`` URI of a thumbnail (longest side ``size``) from encoded image
-    bytes, an array (HxW or HxWx3, bool masks allowed) or a PIL image. ``None`` if ``img`` is
-    ``None`` or cannot be decoded (the page shows a placeholder)."""
+    bytes, an array (HxW or HxWx3, bool masks allowed) or a PIL image; a data URI it made before is
+    returned as it is. ``None`` if ``img`` is ``None`` or cannot be decoded (the page shows a
+    placeholder)."""
     from PIL import Image
 
     if img is None:
         return None
+    if isinstance(img, str):  # already a thumbnail (a data URI this function made)
+        return img if img.startswith(("data:image/png;base64,", "data:image/jpeg;base64,")) else None
     try:
         if isinstance(img, (bytes, bytearray, memoryview)):
             im = Image.open(io.BytesIO(bytes(img)))
@@ -411,6 +424,38 @@ def thumbnail_data_uri(img: Any, size: int = 160, *, mask: bool = False) -> str 
     except Exception:  # noqa: BLE001 - a broken thumbnail must not break the report
         return None
     return f"data:image/{kind};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+# -- plans ---------------------------------------------------------------------------------------------
+def plan_step_text(s: Mapping[str, Any]) -> str:
+    """One plan step in a line: ``remove objects [3]: prompt (why: reason)``."""
+    if s.get("status") != "ok" or not s.get("operation"):
+        head = "no target"
+    else:
+        ids = ", ".join(str(i) for i in s.get("target_ids") or [])
+        head = str(s["operation"]) + (f" objects [{ids}]" if ids else "") + (f": {s['prompt']}" if s.get("prompt") else "")
+    return head + (f" (why: {s['reason']})" if s.get("reason") else "")
+
+
+def plan_steps_html(steps: Iterable[Mapping[str, Any]]) -> str:
+    """A plan's steps as an ordered list: operation, targets and prompt; the sub-task; the reason."""
+    esc = html.escape
+    items = []
+    for s in steps:
+        if s.get("status") != "ok" or not s.get("operation"):
+            head = '<span class="op">no target</span>'
+        else:
+            ids = ", ".join(str(i) for i in s.get("target_ids") or [])
+            head = f'<span class="op">{esc(str(s["operation"]))}</span>' + (f" objects [{esc(ids)}]" if ids else "")
+            if s.get("prompt"):
+                head += f": {esc(str(s['prompt']))}"
+        item = f"<li>{head}"
+        if s.get("subtask"):
+            item += f'<div class="small">sub-task: {esc(str(s["subtask"]))}</div>'
+        if s.get("reason"):
+            item += f'<div class="reason">why: {esc(str(s["reason"]))}</div>'
+        items.append(item + "</li>")
+    return '<ol class="plan">' + "".join(items) + "</ol>" if items else ""
 
 
 # -- histograms ------------------------------------------------------------------------------------
@@ -468,21 +513,30 @@ table{border-collapse:collapse;margin:8px 0 20px}th,td{border:1px solid #ccc;pad
 vertical-align:top}th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.failed td{background:#fde8e8}.label{font-weight:bold;color:#a33}.hist{display:inline-block;margin:4px}
 img.thumb{display:block;max-width:160px;max-height:160px}.missing{color:#888}.small{font-size:11px;color:#555}
-th.notes,td.notes{min-width:260px}.steps{margin-top:3px;font-variant-numeric:tabular-nums}
+th.notes,td.notes{min-width:260px}ol.plan{margin:4px 0 0;padding-left:18px;font-size:12px}
+ol.plan .reason{color:#555}.steps{margin-top:3px;font-variant-numeric:tabular-nums}
 .chk{display:inline-block;padding:1px 6px;border-radius:8px;font-size:12px;white-space:nowrap}
 .chk-verified{background:#dff3df;color:#1d5e1d}.chk-rejected{background:#fbe0c8;color:#8a3b00}
 .chk-not_checked{background:#eee;color:#555}.chk-no_edit{background:#fff;color:#888;border:1px dashed #bbb}
 """
 
 
+IMAGE_KINDS = {"before": "before", "after": "after", "mask": "mask", "gt_mask": "GT mask", "overlay": "SSR overlay"}
+
+
 def render_html(rows: Any, *, images: Mapping[str, Mapping[str, Any]] | None = None,
                 title: str = "Evaluation report", metrics: Iterable[str] | None = None,
                 best_of: int | None = None, meta: Mapping[str, Any] | None = None, thumb_size: int = 160,
                 max_sample_rows: int | None = None,
-                thumbnails: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+                thumbnails: Mapping[str, Mapping[str, Any]] | None = None,
+                plans: Mapping[str, list[dict[str, Any]]] | None = None) -> str:
     """One standalone HTML page. ``images`` (or its alias ``thumbnails``) maps ``image_id`` ->
-    ``{"before", "after", "mask"}`` (each encoded bytes, an array, a PIL image or ``None``);
-    thumbnails are embedded as data URIs, so the page needs no other file."""
+    ``{"before", "after", "mask", "gt_mask", "overlay"}`` (each encoded bytes, an array, a PIL
+    image, a data URI from :func:`thumbnail_data_uri` or ``None``; ``mask`` is the predicted mask,
+    ``gt_mask`` the ground truth ``target_iou`` compares it with, ``overlay`` the SSR overlay; the
+    GT mask and overlay columns appear when some sample has one); thumbnails are embedded as data
+    URIs, so the page needs no other file. ``plans``: image_id -> the plan's steps (dicts with
+    ``operation``, ``target_ids``, ``prompt``, ``subtask``, ``reason``), shown with the instruction."""
     if thumbnails:
         images = {**(thumbnails or {}), **(images or {})}
     rows = as_rows(rows)
@@ -548,7 +602,12 @@ def render_html(rows: Any, *, images: Mapping[str, Mapping[str, Any]] | None = N
         out.append("</ul>")
 
     out.append("<h2>Samples</h2>")
-    cols = ["image_id", "status", "before", "after", "mask"] + [m + _arrow(m) for m in mets]
+    kinds = [k for k in IMAGE_KINDS if k in ("before", "after", "mask")
+             or any((v or {}).get(k) is not None for v in (images or {}).values())]
+    if "gt_mask" in kinds:
+        out.append("<p class=small><i>mask</i>: the region the edit changed; <i>GT mask</i>: the benchmark's target "
+                   "region; <code>target_iou</code> is their IoU.</p>")
+    cols = ["image_id", "status"] + [IMAGE_KINDS[k] for k in kinds] + [m + _arrow(m) for m in mets]
     head = "".join(f"<th>{esc(c)}</th>" for c in cols)
     if checks:
         head += '<th>edit check<div class="small">steps verified / rejected / not checked</div></th>'
@@ -559,9 +618,9 @@ def render_html(rows: Any, *, images: Mapping[str, Mapping[str, Any]] | None = N
         ok = is_ok(r)
         imgs = (images or {}).get(iid, {}) or {}
         cells = [f"<td><code>{esc(iid)}</code></td>", f"<td>{esc(str(r.get('status') or 'ok'))}</td>"]
-        for kind in ("before", "after", "mask"):
-            uri = thumbnail_data_uri(imgs.get(kind), thumb_size, mask=(kind == "mask"))
-            cells.append(f'<td><img class="thumb" alt="{kind}" src="{uri}"></td>' if uri
+        for kind in kinds:
+            uri = thumbnail_data_uri(imgs.get(kind), thumb_size, mask=(kind in ("mask", "gt_mask")))
+            cells.append(f'<td><img class="thumb" alt="{esc(IMAGE_KINDS[kind])}" src="{uri}"></td>' if uri
                          else '<td class="missing">—</td>')
         for m in mets:
             v = r.get(m)
@@ -576,6 +635,8 @@ def render_html(rows: Any, *, images: Mapping[str, Mapping[str, Any]] | None = N
             cells.append(f'<td><span class="chk chk-{cat}">{esc(CHECK_LABELS[cat])}</span>'
                          f'<div class="small steps">{esc(_steps_cell(r))}</div></td>')
         note = esc(str(r.get("instruction") or ""))
+        if plans is not None and plans.get(iid):
+            note += plan_steps_html(plans[iid])
         extra = (r.get("error") or "") if not ok else _missing_note(r)
         if extra:
             note += f'<div class="small">{esc(str(extra))}</div>'

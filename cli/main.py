@@ -18,7 +18,7 @@ app = typer.Typer(
 )
 
 # sub-command modules, in help order; each defines register(app)
-COMMAND_MODULES = ["config", "models", "ssr", "plan", "edit", "run", "demo", "doctor", "eval", "deploy"]
+COMMAND_MODULES = ["config", "models", "ssr", "plan", "edit", "run", "demo", "doctor", "eval", "export", "deploy"]
 
 for _name in COMMAND_MODULES:
     try:
