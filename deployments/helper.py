@@ -1,9 +1,9 @@
 """The deploy helper behind `cielr deploy`.
 
 It only drives Prefect's own mechanisms: it creates the work pool (with our base job template for
-the pool type) and the GPU concurrency limit if they are missing, then applies
-``deployments/prefect.yaml`` with ``prefect deploy``, passing the values that the YAML reads from
-``{{ $CIELR_* }}`` placeholders through the environment.
+the pool type) and the GPU concurrency limit if they are missing, then applies the project's root
+``prefect.yaml`` with ``prefect deploy`` (as `prefect deploy --all` from the project folder would),
+passing the values that the YAML reads from ``{{ $CIELR_* }}`` placeholders through the environment.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from cielr_core.config import PROFILES
 
 HERE = Path(__file__).resolve().parent
 PROJECT_DIR = HERE.parent
-PREFECT_FILE = HERE / "prefect.yaml"
+PREFECT_FILE = PROJECT_DIR / "prefect.yaml"
 POOL_TYPES = ("process", "docker", "kubernetes")
-IMAGE_PROJECT_DIR = "/opt/cielr"  # where deployments/Dockerfile puts the project
 DEFAULT_CRON = "0 2 * * *"
 
 # deployment name -> (entrypoint file that must exist for it to be applied, the flow's name)
@@ -74,7 +73,6 @@ class DeployOptions:
     gpu_tag: str | None = None  # default: gpu:<pool>
     gpu_limit: int = 1
     cuda_visible_devices: str = "0"
-    project_dir: str | None = None
     names: list[str] = field(default_factory=list)  # default: every deployment whose entrypoint exists
 
     @property
@@ -85,7 +83,6 @@ class DeployOptions:
         check_profile(self.profile)
 
     def deploy_env(self) -> dict[str, str]:
-        project_dir = self.project_dir or (str(PROJECT_DIR) if self.pool_type == "process" else IMAGE_PROJECT_DIR)
         return {
             "CIELR_POOL": self.pool,
             "CIELR_MANIFEST": self.manifest,
@@ -95,7 +92,6 @@ class DeployOptions:
             "CIELR_TIMEZONE": self.timezone,
             "CIELR_GPU_TAG": self.tag,
             "CIELR_CUDA_VISIBLE_DEVICES": self.cuda_visible_devices,
-            "CIELR_PROJECT_DIR": project_dir,
         }
 
     def deployment_names(self) -> list[str]:

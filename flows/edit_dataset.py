@@ -141,7 +141,24 @@ def edit_dataset(
 
     ``runner="dask"`` runs the images of each chunk as tasks on prefect-dask's DaskTaskRunner (a
     LocalCluster, or the scheduler at ``dask_address``); results are the same rows as the default
-    (sequential, in-process) runner."""
+    (sequential, in-process) runner.
+
+    Args:
+        manifest_uri: The manifest to edit: a Parquet file (path or s3:// URL) with columns
+            image_id, image_uri, instruction (optional seed, mask_uri, reference_text).
+        store: Artifact store URL for the cache and the outputs (a path, file:// or
+            s3://bucket/prefix). Empty: the configured store.url.
+        profile: Config profile: default (real model ids), tiny (toy random-weight models, offline)
+            or paper (the paper's protocol). Empty: CIELR_PROFILE, else default.
+        config: Settings to apply over the profile, as the YAML config file would (nested
+            sections, e.g. {"orchestration": {"chunk_size": 20}}); CIELR_* variables still win.
+        chunk_size: Rows per edit-dataset-chunk subflow. Empty: orchestration.chunk_size (50).
+        limit: Edit only the first N rows of the manifest. Empty: every row.
+        runner: default (images in flight in this process) or dask (each chunk's images as tasks
+            on prefect-dask's DaskTaskRunner); both give the same rows.
+        dask_address: With runner dask, the scheduler to use (tcp://host:8786). Empty: a
+            LocalCluster of orchestration.dask_workers processes.
+    """
     logger = get_run_logger()
     settings = runtime.resolve(profile, config, store)
     ref = runtime.settings_ref(settings)

@@ -20,7 +20,20 @@ def edit_image(
     store: str | None = None,
     seed: int | None = None,
 ) -> dict[str, Any]:
-    """Perceive -> reason -> edit one image. Returns the result row (status, error, output URIs)."""
+    """Perceive -> reason -> edit one image. Returns the result row (status, error, output URIs).
+
+    Args:
+        image_uri: The image to edit: a local path, file:// or s3:// URL (s3 uses the store's
+            endpoint and credentials).
+        instruction: The implicit instruction, e.g. "remove the object that tells the time".
+        profile: Config profile: default (real model ids), tiny (toy random-weight models, offline)
+            or paper (the paper's protocol). Empty: CIELR_PROFILE, else default.
+        config: Settings to apply over the profile, as the YAML config file would (nested
+            sections, e.g. {"editing": {"steps": 20}}); CIELR_* variables still win.
+        store: Artifact store URL for the cache and the outputs (a path, file:// or
+            s3://bucket/prefix). Empty: the configured store.url.
+        seed: Inpainting seed. Empty: editing.seed from the config.
+    """
     settings = runtime.resolve(profile, config, store)
     logger = get_run_logger()
     row = run_image(Stages.for_settings(settings), image_id="image", image_uri=image_uri, instruction=instruction,

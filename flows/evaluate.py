@@ -72,7 +72,22 @@ def evaluate(
 ) -> str:
     """Evaluate ``benchmark`` ("ciebench:PATH", "smartedit:PATH" or "magicbrush:PATH"). Re-uses
     ``results_uri`` (a results.parquet of an earlier edit_dataset run) if given, else runs
-    edit_dataset (whose finished stages come from the cache). Returns the report folder's URI."""
+    edit_dataset (whose finished stages come from the cache). Returns the report folder's URI.
+
+    Args:
+        benchmark: The benchmark and its folder: ciebench:PATH, smartedit:PATH or magicbrush:PATH.
+        store: Artifact store URL for the cache, the outputs and the report (a path, file:// or
+            s3://bucket/prefix). Empty: the configured store.url.
+        profile: Config profile: default (real model ids), tiny (toy random-weight models, offline)
+            or paper (the paper's protocol). Empty: CIELR_PROFILE, else default.
+        config: Settings to apply over the profile, as the YAML config file would (nested
+            sections, e.g. {"eval": {"lpips_net": "vgg"}}); CIELR_* variables still win.
+        limit: Evaluate only the first N samples. Empty: every sample.
+        results_uri: The results.parquet of an earlier edit_dataset run to score instead of
+            editing again. Empty: run edit_dataset (finished stages come from the cache).
+        protocol: masked (metrics outside the edited region at native resolution) or smartedit
+            (the published resize-and-zero protocol). Empty: eval.protocol from the config.
+    """
     from cielr_core.benchmarks import load_benchmark
 
     logger = get_run_logger()

@@ -95,12 +95,21 @@ def test_prefect_yaml_resolves_to_a_nightly_cron_deployment(monkeypatch):
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.utilities.templating import apply_values
 
+    from deployments.steps import STEP_ID, check_environment
+
+    assert PREFECT_FILE == REPO / "prefect.yaml"  # at the root: `prefect deploy --all` from there
     config = yaml.safe_load(PREFECT_FILE.read_text())
     opts = DeployOptions(pool="p1", manifest="s3://b/m.parquet", store="s3://b/store", profile="default")
     for k, v in opts.deploy_env().items():  # `prefect deploy` reads {{ $NAME }} from the environment
         monkeypatch.setenv(k, v)
-    resolved = apply_values(config, {}, remove_notset=False)
+    # as `prefect deploy` does: environment placeholders first, then the build step's outputs
+    [build_step] = config["build"]
+    assert build_step["deployments.steps.check_environment"]["id"] == STEP_ID
+    resolved = apply_values(apply_values(config, {}, remove_notset=False), {STEP_ID: check_environment()},
+                            remove_notset=False)
     assert not _placeholders(resolved)
+    # the pull step names no path of the deploying machine
+    assert resolved["pull"] == [{"deployments.steps.set_project_directory": {}}]
     nightly = {d["name"]: d for d in resolved["deployments"]}["nightly"]
     assert nightly["entrypoint"] == "flows/edit_dataset.py:edit_dataset"
     assert nightly["enforce_parameter_schema"] is True
@@ -111,6 +120,60 @@ def test_prefect_yaml_resolves_to_a_nightly_cron_deployment(monkeypatch):
     assert nightly["work_pool"]["job_variables"]["env"]["CIELR_ORCHESTRATION__GPU_TAG"] == "gpu:p1"
     entry = REPO / nightly["entrypoint"].split(":")[0]
     assert entry.exists()
+
+
+def test_a_missing_variable_is_named_and_the_optional_ones_have_defaults(monkeypatch):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from deployments.steps import check_environment, deploy_values
+
+    for k in list(os.environ):
+        if k.startswith("CIELR_"):
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("CIELR_POOL", "box-1")
+    monkeypatch.setenv("CIELR_MANIFEST", "s3://b/m.parquet")
+    with pytest.raises(ValueError) as e:  # the build step that `prefect deploy --all` runs first
+        check_environment()
+    assert "CIELR_STORE" in str(e.value) and "CIELR_MANIFEST" not in str(e.value).split("\n")[0]
+    assert "{{" not in str(e.value)
+    checked = CliRunner().invoke(app, ["deploy", "--check"])
+    assert checked.exit_code == 2, checked.output
+    assert "CIELR_STORE = MISSING" in checked.output and "CIELR_CRON = not set, default '0 2 * * *'" in checked.output
+    monkeypatch.setenv("CIELR_STORE", "  ")  # empty counts as missing
+    with pytest.raises(ValueError, match="CIELR_STORE"):
+        deploy_values()
+    monkeypatch.setenv("CIELR_STORE", "s3://b/store")
+    assert deploy_values() == {"pool": "box-1", "manifest": "s3://b/m.parquet", "store": "s3://b/store",
+                               "profile": "default", "cron": "0 2 * * *", "timezone": "UTC", "gpu_tag": "gpu:box-1",
+                               "cuda_visible_devices": "0"}
+    checked = CliRunner().invoke(app, ["deploy", "--check"])
+    assert checked.exit_code == 0, checked.output
+
+
+def test_the_pull_step_finds_the_project_without_a_stored_path(monkeypatch, tmp_path):
+    from deployments.steps import set_project_directory
+
+    monkeypatch.delenv("CIELR_PROJECT_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert set_project_directory() == {"directory": str(REPO)} and Path.cwd() == REPO
+    monkeypatch.setenv("CIELR_PROJECT_DIR", str(tmp_path))  # the worker's own setting wins, and is checked
+    with pytest.raises(FileNotFoundError, match="CIELR_PROJECT_DIR"):
+        set_project_directory()
+
+
+@pytest.mark.parametrize("entrypoint", ["flows.edit_dataset:edit_dataset", "flows.evaluate:evaluate",
+                                        "flows.edit_image:edit_image"])
+def test_every_flow_parameter_has_a_description_for_the_run_form(entrypoint):
+    """Prefect parses the flow docstring's Google-style Args into the parameter schema (the UI's run form)."""
+    import importlib
+
+    from prefect.utilities.callables import parameter_schema
+
+    module, name = entrypoint.split(":")
+    props = parameter_schema(getattr(importlib.import_module(module), name)).model_dump()["properties"]
+    undescribed = [name for name, p in props.items() if len(p.get("description") or "") < 15]
+    assert props and not undescribed, undescribed
 
 
 # --- a real server, `cielr deploy`, a real worker -----------------------------------------------
@@ -179,6 +242,8 @@ def test_deploy_and_a_real_worker_run_the_nightly_deployment(prefect_server, tin
     assert limit["concurrency_limit"] == 1
     dep = client.get("/deployments/name/edit-dataset/nightly").json()
     assert dep["enforce_parameter_schema"] is True
+    assert dep["pull_steps"] == [{"deployments.steps.set_project_directory": {}}]  # no path of this machine
+    assert "Parquet" in dep["parameter_openapi_schema"]["properties"]["manifest_uri"]["description"]
     assert [s["schedule"]["cron"] for s in dep["schedules"]] == ["30 1 * * *"]
     assert dep["parameters"]["profile"] == "tiny"
     # enforce_parameter_schema: a bad profile is refused by the server

@@ -1,4 +1,4 @@
-"""`cielr deploy`: work pool + GPU concurrency limit + the deployments of deployments/prefect.yaml."""
+"""`cielr deploy`: work pool + GPU concurrency limit + the deployments of the project's prefect.yaml."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from cli.commands.common import PROFILE_HELP, fail
 def register(app: typer.Typer) -> None:
     @app.command("deploy")
     def deploy(
-        manifest: str = typer.Option(..., "--manifest", "-m", help="manifest URI the nightly run edits"),
-        store: str = typer.Option(..., "--store", "-s", help="artifact store URL (shared storage, e.g. s3://bucket/cielr)"),
+        manifest: Optional[str] = typer.Option(None, "--manifest", "-m", help="manifest URI the nightly run edits"),
+        store: Optional[str] = typer.Option(
+            None, "--store", "-s", help="artifact store URL (shared storage, e.g. s3://bucket/cielr)"),
         pool_type: str = typer.Option("process", "--pool-type", help="process | docker | kubernetes"),
         pool: str = typer.Option("cielr-gpu", "--pool", help="work pool name (created if missing)"),
         profile: str = typer.Option("default", "--profile", "-p", help=PROFILE_HELP + "; the runs use it"),
@@ -22,14 +23,33 @@ def register(app: typer.Typer) -> None:
         gpu_tag: Optional[str] = typer.Option(None, "--gpu-tag", help="GPU concurrency tag (default gpu:<pool>)"),
         gpu_limit: int = typer.Option(1, "--gpu-limit", min=1, help="GPU-stage task runs at once under that tag"),
         cuda_visible_devices: str = typer.Option("0", "--cuda-visible-devices", help="GPU(s) the runs see"),
-        project_dir: Optional[str] = typer.Option(
-            None, "--project-dir", help="where workers find the project (default: here for process, /opt/cielr in the image)"),
         name: Optional[List[str]] = typer.Option(None, "--name", help="deployment(s) to apply (default: all)"),
+        check: bool = typer.Option(
+            False, "--check", help="only check this environment for `prefect deploy --all`: list prefect.yaml's "
+            "CIELR_* variables (set, defaulted, missing), exit 2 naming the missing ones"),
     ) -> None:
         """Create the work pool and the GPU concurrency limit if missing, then apply the deployments
-        (same as `prefect --no-prompt deploy --prefect-file deployments/prefect.yaml` with the
-        CIELR_* placeholders filled in). Then start a worker: `prefect worker start --pool POOL`."""
+        (same as `prefect --no-prompt deploy --all` from the project folder with the CIELR_* placeholders
+        of prefect.yaml filled in). Then start a worker: `prefect worker start --pool POOL`.
+        Workers find the project through the installed cielr package (or their CIELR_PROJECT_DIR)."""
         import asyncio
+        import os
+
+        from deployments import steps
+
+        if check:
+            missing = steps.missing_variables()
+            for var in [*steps.VARIABLES, *(n for n in steps.placeholders() if n not in steps.VARIABLES)]:
+                _, default, what = steps.VARIABLES.get(var, (var, None, "read by prefect.yaml"))
+                value = os.environ.get(var, "").strip()
+                state = repr(value) if value else ("MISSING" if var in missing else f"not set, default {default!r}")
+                typer.echo(f"{var} = {state}  ({what})", err=True)
+            if missing:
+                raise fail(steps.missing_message(missing), 2)
+            typer.echo("prefect.yaml: every CIELR_* variable is set; `prefect deploy --all` can run", err=True)
+            return
+        if not manifest or not store:
+            raise fail("--manifest and --store are required (or --check to check the environment only)", 2)
 
         from deployments.helper import (
             POOL_TYPES,
@@ -48,7 +68,7 @@ def register(app: typer.Typer) -> None:
             raise fail(f"--profile: {e}", 2) from e
         opts = DeployOptions(pool=pool, pool_type=pool_type, manifest=manifest, store=store, profile=profile,
                              cron=cron, timezone=timezone, gpu_tag=gpu_tag, gpu_limit=gpu_limit,
-                             cuda_visible_devices=cuda_visible_devices, project_dir=project_dir, names=name or [])
+                             cuda_visible_devices=cuda_visible_devices, names=name or [])
         try:
             status = asyncio.run(ensure_pool(pool, pool_type))
             typer.echo(f"work pool {pool} ({pool_type}): {status}", err=True)
