@@ -122,7 +122,9 @@ class ResultRow(BaseModel):
     image_id: str
     image_uri: str
     instruction: str
-    status: Literal["ok", "no_target", "failed", "invalid"]
+    # cancelled: the run was stopped (SIGTERM, a Prefect cancellation) before this row finished;
+    # a re-run completes it (results written before this status existed read the same)
+    status: Literal["ok", "no_target", "failed", "invalid", "cancelled"]
     error: str | None = None
     failed_stage: str | None = None
     seed: int | None = None

@@ -35,3 +35,32 @@ def read_config_file(path: Optional[str]) -> dict[str, Any] | None:
         return config_file_data(path)
     except ConfigError as e:
         raise fail(str(e), 2) from e
+
+
+VerboseOpt = typer.Option(False, "--verbose", "-v", help="show Prefect's log lines here instead of the log file "
+                          "(and one line per row instead of the live display)")
+
+
+def is_usage_error(e: BaseException) -> bool:
+    """Errors that stop a run before any row: exit code 2 (a manifest, configuration, model or store
+    problem, or flow parameters Prefect refused)."""
+    import pydantic
+    from prefect.exceptions import ParameterTypeError, SignatureMismatchError
+
+    from cielr_core.manifest import ManifestError
+    from cielr_core.models import ModelUnavailableError
+    from storage import StoreError
+
+    return isinstance(e, (ManifestError, ModelUnavailableError, ConfigError, StoreError, pydantic.ValidationError,
+                          ParameterTypeError, SignatureMismatchError))
+
+
+def flow_error(e: BaseException, usage: tuple[type[BaseException], ...] = ()) -> "typer.Exit":
+    """The `error:` line for a flow that ended without results (its traceback goes to the log file);
+    exit code 2 for a usage error (``usage``: more exception types that count as one), else 1."""
+    from cli.live import log_exception
+
+    log_exception(e)
+    if is_usage_error(e) or isinstance(e, usage):
+        return fail(str(e), 2)
+    return fail(f"{type(e).__name__}: {e}", 1)

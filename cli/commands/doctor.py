@@ -11,12 +11,14 @@ from cli.commands.common import ConfigFileOpt, ProfileOpt, settings_or_exit
 
 
 def _model_refs(s):
+    """(name, ref, kind): kind is cielr_core.models' kind, whose own path setting the fix names."""
     return [
-        ("SAM2", s.perception.sam2.model),
-        ("OWLv2", s.perception.owlv2.model),
-        ("DepthAnything", s.perception.depth.model),
-        ("LLM", s.llm.model) if s.llm.backend == "transformers" else None,
-        ("inpainter", s.editing.model) if "diffusers" in (s.editing.backend, s.editing.remove_backend) else None,
+        ("SAM2", s.perception.sam2.model, "sam2"),
+        ("OWLv2", s.perception.owlv2.model, "owlv2"),
+        ("DepthAnything", s.perception.depth.model, "depth"),
+        ("LLM", s.llm.model, "llm") if s.llm.backend == "transformers" else None,
+        ("inpainter", s.editing.model, "inpaint") if "diffusers" in (s.editing.backend, s.editing.remove_backend)
+        else None,
     ]
 
 
@@ -87,6 +89,8 @@ def register(app: typer.Typer) -> None:
     @app.command("doctor")
     def doctor(profile: Optional[str] = ProfileOpt, config_file: Optional[str] = ConfigFileOpt) -> None:
         """Check GPU, model weights, the spatial-code sandbox, the store and the Prefect API."""
+        from cielr_core.models import PATH_SETTING
+
         s = settings_or_exit(profile, config_file)
         problems = 0
 
@@ -107,10 +111,12 @@ def register(app: typer.Typer) -> None:
         for entry in _model_refs(s):
             if entry is None:
                 continue
-            name, ref = entry
+            name, ref, kind = entry
             ok, source = model_present(s, ref)
+            setting = PATH_SETTING[kind]
             fix = ("cielr models tiny" if s.profile == "tiny" else
-                   f"hf download {ref.id} (where a hub is reachable), or set its path in the config")
+                   f"hf download {ref.id} (where a hub is reachable), or point {setting} at a local copy"
+                   if not ref.path else f"put the model at {source}, or fix {setting}")
             report(ok, f"{name} weights: {source}" + ("" if ok else " not found"), fix)
         for ok, what, fix, warn_only in editing_weights(s):
             report(ok, what, fix, warn_only=warn_only)
