@@ -90,15 +90,15 @@ def check_size(width: int, height: int, *, min_side: int | None = None, max_aspe
     """:class:`BadImageError` when a side is under ``min_side`` pixels or the long side is more than
     ``max_aspect`` times the short one (the header's size, so nothing is decoded for it)."""
     short, long_ = min(width, height), max(width, height)
-    if min_side is not None and short < min_side:
-        raise BadImageError(
-            f"{what} is {width}x{height}: a side under the {min_side}-pixel minimum (limits.min_image_side); "
-            "too small to perceive"
-        )
     if max_aspect is not None and long_ > max_aspect * short:
         raise BadImageError(
             f"{what} is {width}x{height}: aspect ratio {long_ / short:.1f}:1 is above the {max_aspect:g}:1 limit "
             "(limits.max_aspect_ratio); crop or split it"
+        )
+    if min_side is not None and short < min_side:
+        raise BadImageError(
+            f"{what} is {width}x{height}: a side under the {min_side}-pixel minimum (limits.min_image_side); "
+            "too small to perceive"
         )
 
 

@@ -60,11 +60,19 @@ def image_size(path: str) -> tuple[int, int]:
         return im.size
 
 
+MAX_MASK_BYTES = 100 * 1024 * 1024
+
+
 def load_gt_mask(uri: str | bytes, size: tuple[int, int] | None = None) -> np.ndarray:
     """A GT mask as bool, binarised ``> 127`` (8-bit masks with anti-aliased edges; RGB/RGBA masks
     use their luminance), from a local path or the encoded bytes. With ``size = (width, height)``
     a mask stored at another size is resized nearest-neighbour to it (CIEBench sample 5)."""
-    src = io.BytesIO(uri) if isinstance(uri, (bytes, bytearray)) else os.path.expanduser(uri)
+    if isinstance(uri, (bytes, bytearray)):
+        src = io.BytesIO(uri)
+    else:  # a regular file only (no FIFO or device is opened), of a bounded size
+        from cielr_core.files import read_regular_file
+
+        src = io.BytesIO(read_regular_file(os.path.expanduser(uri), max_bytes=MAX_MASK_BYTES))
     with Image.open(src) as im:
         m = np.asarray(im.convert("L"))
     if size is None:

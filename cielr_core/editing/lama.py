@@ -9,7 +9,9 @@ is set, from the Hugging Face cache file ``editing.lama.filename`` of the hub re
                                # out:   1x3xHxW float in [0, 1]; H and W multiples of the stride (8)
 
 The crop (or whole image) is padded to a multiple of ``editing.lama.pad_multiple`` by symmetric
-reflection, run at its native resolution, and cropped back. The model is loaded once per process
+reflection, run at its native resolution, and cropped back; a crop whose long side is above
+``limits.max_working_side`` is run on a copy of that long side (area-averaged; the mask grown so no
+masked pixel is lost) and the fill resized back, since the caller composites only masked pixels. The model is loaded once per process
 through :mod:`cielr_core.models`.
 """
 
@@ -85,8 +87,9 @@ class LamaInpainter:
     resolution = None  # native resolution of the crop
 
     def __init__(self, path: str, *, device: str = "cpu", pad_multiple: int = 8, label: str | None = None,
-                 model: Any = None):
+                 model: Any = None, max_side: int | None = None):
         self.path = path
+        self.max_side = max_side
         self.device = device
         self.pad_multiple = int(pad_multiple)
         self.name = f"lama/{label or os.path.basename(path)}"
@@ -104,6 +107,14 @@ class LamaInpainter:
         img = np.asarray(image)
         m = np.asarray(mask).astype(bool)
         h, w = img.shape[:2]
+        full_size = None
+        if self.max_side and max(h, w) > self.max_side:
+            from .prep import model_size, resize_mask, resize_rgb
+
+            full_size = (w, h)
+            size = model_size(w, h, self.max_side, self.pad_multiple)
+            img, m = resize_rgb(img, size), resize_mask(m, size)
+            h, w = img.shape[:2]
         pimg, _ = pad_to_multiple(img, self.pad_multiple)
         pmask, _ = pad_to_multiple(m.astype(np.uint8), self.pad_multiple)
         t_img = torch.from_numpy(np.ascontiguousarray(pimg)).permute(2, 0, 1)[None].float().div(255.0)
@@ -117,7 +128,8 @@ class LamaInpainter:
         arr = out[0].permute(1, 2, 0).numpy()
         if not np.all(np.isfinite(arr)):
             raise EditingError(f"{self.name}: NaN/inf values in the output")
-        return np.clip(np.rint(arr[:h, :w] * 255.0), 0, 255).astype(np.uint8)
+        out_u8 = np.clip(np.rint(arr[:h, :w] * 255.0), 0, 255).astype(np.uint8)
+        return out_u8 if full_size is None else resize_rgb(out_u8, full_size)
 
 
 def make_lama(settings) -> LamaInpainter:
@@ -129,4 +141,6 @@ def make_lama(settings) -> LamaInpainter:
     source = model_source(settings, ref, "editing.lama.model.path")
     path = lama_checkpoint(source, cfg.lama.filename, ref.revision)
     device = registry.resolve_device(cfg.device)
-    return LamaInpainter(path, device=device, pad_multiple=cfg.lama.pad_multiple, label=ref.id)
+    limits = getattr(settings, "limits", None)
+    return LamaInpainter(path, device=device, pad_multiple=cfg.lama.pad_multiple, label=ref.id,
+                         max_side=limits.max_working_side if limits is not None else None)

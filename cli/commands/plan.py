@@ -81,7 +81,8 @@ def _perceive(path: str, settings):
 
     try:
         rgb = decode_image_file(path, max_pixels=settings.limits.max_image_pixels,
-                                max_bytes=settings.limits.max_image_bytes)
+                                max_bytes=settings.limits.max_image_bytes, min_side=settings.limits.min_image_side,
+                                max_aspect=settings.limits.max_aspect_ratio)
     except BadImageError as e:
         raise fail(str(e), 2) from e
     try:
@@ -126,7 +127,8 @@ def _load_ssr(ssr_json: str, image: Optional[str], settings):
 
         try:
             rgb = decode_image_file(image, max_pixels=settings.limits.max_image_pixels,
-                                    max_bytes=settings.limits.max_image_bytes)
+                                    max_bytes=settings.limits.max_image_bytes, min_side=settings.limits.min_image_side,
+                                    max_aspect=settings.limits.max_aspect_ratio)
         except BadImageError as e:
             raise fail(str(e), 2) from e
         if rgb.shape[:2] != (ssr.height, ssr.width):

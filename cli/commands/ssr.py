@@ -34,7 +34,8 @@ def register(app: typer.Typer) -> None:
 
         s = settings_or_exit(profile, config_file)
         try:
-            rgb = decode_image_file(image, max_pixels=s.limits.max_image_pixels, max_bytes=s.limits.max_image_bytes)
+            rgb = decode_image_file(image, max_pixels=s.limits.max_image_pixels, max_bytes=s.limits.max_image_bytes,
+                                    min_side=s.limits.min_image_side, max_aspect=s.limits.max_aspect_ratio)
         except BadImageError as e:
             raise fail(str(e), 2) from e
         sha = image_digest(rgb)
