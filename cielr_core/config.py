@@ -148,7 +148,16 @@ class PerceptionConfig(Section):
     min_object_area: int = 1
     device: Device = Field(default="auto", json_schema_extra=NO_DIGEST)
     dtype: DType = "auto"
-    batch_size: int = Field(default=4, json_schema_extra=NO_DIGEST)
+    batch_size: int = Field(default=4, ge=1, json_schema_extra=NO_DIGEST,
+                            description="most images per batched forward (batch helpers, and the dynamic batchers)")
+    batching: Literal["auto", "on", "off"] = Field(
+        default="auto", json_schema_extra=NO_DIGEST,
+        description="dynamic batching of SAM2's encoder, OWLv2 and depth across the images in flight; auto = on "
+        "CUDA only (a batched forward equals batch 1 within float tolerance, not bit for bit, so CPU runs stay "
+        "byte-identical at any max_in_flight)")
+    max_batch_wait_ms: float = Field(
+        default=5.0, ge=0.0, json_schema_extra=NO_DIGEST,
+        description="how long a batch waits for more requests after its first")
 
 
 class LLMConfig(Section):
@@ -284,6 +293,12 @@ class EditingConfig(Section):
         description="> 0: after the chroma shift, an img2img pass of the inpainter inside the mask at this strength")
     device: Device = Field(default="auto", json_schema_extra=NO_DIGEST)
     dtype: DType = "auto"
+    batching: Literal["auto", "on", "off"] = Field(
+        default="auto", json_schema_extra=NO_DIGEST,
+        description="dynamic batching of the diffusers inpaint pipeline across the images in flight (same-size "
+        "requests, a seeded generator per row); auto = on CUDA only (equal to batch 1 within tolerance, not bit for bit)")
+    batch_size: int = Field(default=4, ge=1, json_schema_extra=NO_DIGEST)
+    max_batch_wait_ms: float = Field(default=5.0, ge=0.0, json_schema_extra=NO_DIGEST)
 
 
 class StoreConfig(Section):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -49,7 +50,15 @@ class OpenAILLM:
         headers = {"Content-Type": "application/json"}
         if cfg.api_key is not None and cfg.api_key.get_secret_value():
             headers["Authorization"] = f"Bearer {cfg.api_key.get_secret_value()}"
-        self._client = httpx.Client(timeout=httpx.Timeout(cfg.timeout_s), headers=headers, transport=transport)
+        # One client per instance, shared by every thread of the process (tasks.runtime keeps one
+        # instance per LLM config): httpx.Client is thread-safe and pools connections. The semaphore
+        # bounds the requests in flight (llm.max_concurrency) so the endpoint sees the calls of the
+        # images in flight together and can batch them, and never more than that many.
+        n = int(cfg.max_concurrency)
+        self._slots = threading.BoundedSemaphore(n)
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(cfg.timeout_s), headers=headers, transport=transport,
+            limits=httpx.Limits(max_connections=n, max_keepalive_connections=n))
 
     @property
     def name(self) -> str:
@@ -87,7 +96,8 @@ class OpenAILLM:
         for attempt in range(attempts):
             wait = self.backoff_s * (2**attempt)
             try:
-                r = self._client.post(url, json=payload)
+                with self._slots:  # a slot per attempt: a backoff sleep holds none
+                    r = self._client.post(url, json=payload)
             except httpx.TimeoutException as e:
                 last = f"timed out after {self.cfg.timeout_s}s ({type(e).__name__})"
             except httpx.TransportError as e:

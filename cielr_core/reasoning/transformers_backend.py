@@ -20,6 +20,8 @@ import logging
 import os
 import threading
 import time
+import weakref
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -47,20 +49,34 @@ class _Loaded:
         vocab = int(getattr(model.config, "vocab_size", 0) or len(tokenizer))
         self.tokenizer_info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab)
         self.compiler = xgr.GrammarCompiler(self.tokenizer_info)
+        self.batch_matcher = xgr.BatchGrammarMatcher("auto")
         self.grammars: dict[str, Any] = {}
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # one decode (batch) at a time on this model
+        self._grammar_lock = threading.Lock()
+        self._batcher: _Batcher | None = None
         self.is_vlm = hasattr(model.config, "vision_config")
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = int(pad if pad is not None else 0)
 
     def grammar(self, schema_json: str):
-        g = self.grammars.get(schema_json)
-        if g is None:
-            g = self.compiler.compile_json_schema(schema_json, any_whitespace=False, strict_mode=True)
-            self.grammars[schema_json] = g
-        return g
+        with self._grammar_lock:
+            g = self.grammars.get(schema_json)
+            if g is None:
+                g = self.compiler.compile_json_schema(schema_json, any_whitespace=False, strict_mode=True)
+                self.grammars[schema_json] = g
+            return g
+
+    def batcher(self) -> _Batcher:
+        with self._grammar_lock:
+            if self._batcher is None:
+                self._batcher = _Batcher(self)
+            return self._batcher
 
 
 class TransformersLLM:
-    """The embedded backend. ``complete`` is thread-safe (one generation at a time per model)."""
+    """The embedded backend. ``complete`` is thread-safe: concurrent text calls on one model are
+    decoded together as one batch (``llm.max_batch_size``, see :class:`_Batcher`), with the same
+    answers as each call decoded alone; calls with an image decode one at a time."""
 
     def __init__(self, cfg: "LLMConfig", settings: "Settings"):
         self.cfg = cfg
@@ -127,12 +143,37 @@ class TransformersLLM:
             vision["pixel_values"] = vision["pixel_values"].to(lm.model.dtype)
         return prompt, enc, vision
 
+    def _decode(self, lm: _Loaded, prompt: str, gschema: str, enc: Any,
+                vision_inputs: dict[str, Any]) -> tuple[list[int], bool, int]:
+        """(completion tokens, whether the grammar ended, prompt tokens) for one rendered prompt."""
+        max_new, temperature = int(self.cfg.max_new_tokens), float(self.cfg.temperature)
+        if vision_inputs or int(self.cfg.max_batch_size) <= 1:
+            # images (vision-language models) and llm.max_batch_size 1: this call decodes alone
+            with lm.lock:
+                compiled = lm.grammar(gschema)
+                if enc is None:
+                    enc = lm.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+                input_ids = enc["input_ids"].to(lm.device)
+                out, terminated = _decode_one(lm, input_ids, compiled, max_new, temperature, vision_inputs)
+                return out, terminated, int(input_ids.shape[1])
+        # concurrent calls on this model are decoded together (see _Batcher)
+        req = _Request(prompt, lm.grammar(gschema), max_new, temperature,
+                       int(self.cfg.max_batch_size), float(self.cfg.batch_wait_ms) / 1000.0)
+        return lm.batcher().submit(req)
+
+    def generate(self, messages: list[dict], json_schema: dict[str, Any]) -> tuple[str, dict[str, int], bool]:
+        """Text-only constrained decoding against a JSON schema given as a dict (what an
+        OpenAI-compatible request's ``response_format`` carries): (text, token counts, whether the
+        JSON was complete before max_new_tokens). No validation beyond the grammar's."""
+        lm = self._load()
+        prompt = self.render(messages)
+        out, terminated, n_prompt = self._decode(lm, prompt, json.dumps(grammar_schema(json_schema)), None, {})
+        raw = lm.tokenizer.decode(out, skip_special_tokens=True)
+        return raw, {"prompt": n_prompt, "completion": len(out) + (1 if terminated else 0)}, terminated
+
     def complete(
         self, messages: list[dict], schema: type[BaseModel], *, image: np.ndarray | None = None, call_name: str = ""
     ) -> LLMCall:
-        import torch
-        import xgrammar as xgr
-
         lm = self._load()
         extra: dict[str, Any] = {"backend": "transformers", "model": self.cfg.model.id}
         vision_inputs: dict[str, Any] = {}
@@ -157,45 +198,7 @@ class TransformersLLM:
         # key order matters: the grammar emits properties in schema order (pydantic's field order)
         gschema = json.dumps(grammar_schema(schema))
         t0 = time.perf_counter()
-        with lm.lock:
-            compiled = lm.grammar(gschema)
-            matcher = xgr.GrammarMatcher(compiled)
-            bitmask = xgr.allocate_token_bitmask(1, lm.tokenizer_info.vocab_size)
-            if enc is None:
-                enc = lm.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-            input_ids = enc["input_ids"].to(lm.device)
-            n_prompt = int(input_ids.shape[1])
-            out: list[int] = []
-            past = None
-            cur = input_ids
-            gen = None
-            if self.cfg.temperature > 0:
-                gen = torch.Generator(device="cpu").manual_seed(0)
-            terminated = False
-            with torch.inference_mode():
-                for _ in range(int(self.cfg.max_new_tokens)):
-                    # the image enters with the prompt; later steps read it from the KV cache
-                    o = lm.model(input_ids=cur, past_key_values=past, use_cache=True,
-                                 **(vision_inputs if past is None else {}))
-                    past = o.past_key_values
-                    logits = o.logits[:, -1, :].float().cpu()
-                    if logits.shape[-1] < lm.tokenizer_info.vocab_size:
-                        pad = torch.full((1, lm.tokenizer_info.vocab_size - logits.shape[-1]), float("-inf"))
-                        logits = torch.cat([logits, pad], dim=-1)
-                    matcher.fill_next_token_bitmask(bitmask)
-                    xgr.apply_token_bitmask_inplace(logits, bitmask)
-                    if gen is None:
-                        tok = int(torch.argmax(logits, dim=-1))
-                    else:
-                        probs = torch.softmax(logits / float(self.cfg.temperature), dim=-1)
-                        tok = int(torch.multinomial(probs, 1, generator=gen))
-                    if not matcher.accept_token(tok):  # pragma: no cover - the mask forbids it
-                        raise LLMError(f"grammar refused token {tok} that its own mask allowed")
-                    if matcher.is_terminated():
-                        terminated = True
-                        break
-                    out.append(tok)
-                    cur = torch.tensor([[tok]], device=lm.device)
+        out, terminated, n_prompt = self._decode(lm, prompt, gschema, enc, vision_inputs)
         latency = time.perf_counter() - t0
         raw = lm.tokenizer.decode(out, skip_special_tokens=True)
         tokens = {"prompt": n_prompt, "completion": len(out) + (1 if terminated else 0)}
@@ -209,3 +212,243 @@ class TransformersLLM:
         except ValueError as e:
             raise AnswerParseError(str(e), raw=raw, latency_s=latency, tokens=tokens, extra=extra) from None
         return LLMCall(parsed=parsed, raw=raw, latency_s=latency, tokens=tokens, extra=extra)
+
+
+# ------------------------------------------------------------------------------------------------
+# decoding: one call alone, or the concurrent calls of the images in flight as one batch
+def _vocab_logits(lm: _Loaded, o) -> Any:
+    import torch
+
+    logits = o.logits[:, -1, :].float().cpu()
+    v = lm.tokenizer_info.vocab_size
+    if logits.shape[-1] < v:
+        pad = torch.full((logits.shape[0], v - logits.shape[-1]), float("-inf"))
+        logits = torch.cat([logits, pad], dim=-1)
+    return logits
+
+
+def _decode_one(lm: _Loaded, input_ids, compiled, max_new: int, temperature: float,
+                vision_inputs: dict[str, Any]) -> tuple[list[int], bool]:
+    """Grammar-constrained decoding of one prompt (KV cache; greedy unless ``temperature > 0``).
+    Returns the tokens before the grammar's end and whether the grammar ended. Caller holds lm.lock."""
+    import torch
+    import xgrammar as xgr
+
+    matcher = xgr.GrammarMatcher(compiled)
+    bitmask = xgr.allocate_token_bitmask(1, lm.tokenizer_info.vocab_size)
+    out: list[int] = []
+    past = None
+    cur = input_ids
+    gen = torch.Generator(device="cpu").manual_seed(0) if temperature > 0 else None
+    with torch.inference_mode():
+        for _ in range(max_new):
+            # the image enters with the prompt; later steps read it from the KV cache. Only the
+            # last position's logits are computed (logits_to_keep=1): the prefill's lm_head is one row
+            o = lm.model(input_ids=cur, past_key_values=past, use_cache=True, logits_to_keep=1,
+                         **(vision_inputs if past is None else {}))
+            past = o.past_key_values
+            logits = _vocab_logits(lm, o)
+            matcher.fill_next_token_bitmask(bitmask)
+            xgr.apply_token_bitmask_inplace(logits, bitmask)
+            tok = _pick(logits, 0, temperature, gen)
+            if not matcher.accept_token(tok):  # pragma: no cover - the mask forbids it
+                raise LLMError(f"grammar refused token {tok} that its own mask allowed")
+            if matcher.is_terminated():
+                return out, True
+            out.append(tok)
+            cur = torch.tensor([[tok]], device=lm.device)
+    return out, False
+
+
+def _pick(logits, row: int, temperature: float, gen) -> int:
+    import torch
+
+    if gen is None:
+        return int(torch.argmax(logits[row : row + 1], dim=-1))
+    probs = torch.softmax(logits[row : row + 1] / float(temperature), dim=-1)
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+def _decode_rows(lm: _Loaded, prompts: list[list[int]], reqs: list[_Request]) -> list[Any]:
+    """Several prompts decoded as one batch: left padding (attention mask, positions counted from
+    each row's first real token, so every row sees the positions it would see alone), one grammar
+    matcher per row (their bitmasks filled as one batch), per-row stop (grammar end, including the
+    end-of-turn token, or the row's max_new_tokens); a finished row leaves the batch and the KV
+    cache at once. Greedy rows pick the argmax of their own row; sampled rows draw from their own
+    generator seeded as a lone call's. Returns (tokens, terminated) or an exception per row.
+    Caller holds lm.lock."""
+    import torch
+    import xgrammar as xgr
+
+    n = len(prompts)
+    dev = lm.device
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((n, width), lm.pad_id, dtype=torch.long)
+    attn = torch.zeros((n, width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        input_ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        attn[i, width - len(p):] = 1
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    matchers = [xgr.GrammarMatcher(r.compiled) for r in reqs]
+    gens = [torch.Generator(device="cpu").manual_seed(0) if r.temperature > 0 else None for r in reqs]
+    bitmask = xgr.allocate_token_bitmask(n, lm.tokenizer_info.vocab_size)
+    results: list[Any] = [([], False) for _ in reqs]
+    outs: list[list[int]] = [[] for _ in reqs]
+    active = [i for i, r in enumerate(reqs) if r.max_new > 0]
+    if len(active) < n:
+        keep = torch.tensor(active, dtype=torch.long)
+        input_ids, attn, pos = input_ids[keep], attn[keep], pos[keep]
+    if not active:
+        return results
+    steps = [0] * n
+    cur, attn, pos = input_ids.to(dev), attn.to(dev), pos.to(dev)
+    past = None
+    with torch.inference_mode():
+        while True:
+            o = lm.model(input_ids=cur, attention_mask=attn, position_ids=pos, past_key_values=past,
+                         use_cache=True, logits_to_keep=1)
+            past = o.past_key_values
+            logits = _vocab_logits(lm, o)
+            k = len(active)
+            lm.batch_matcher.batch_fill_next_token_bitmask([matchers[i] for i in active], bitmask)
+            xgr.apply_token_bitmask_inplace(logits, bitmask[:k])
+            keep, nxt = [], []
+            for j, i in enumerate(active):
+                tok = _pick(logits, j, reqs[i].temperature, gens[i])
+                steps[i] += 1
+                if not matchers[i].accept_token(tok):  # pragma: no cover - the mask forbids it
+                    results[i] = LLMError(f"grammar refused token {tok} that its own mask allowed")
+                    continue
+                if matchers[i].is_terminated():
+                    results[i] = (outs[i], True)
+                    continue
+                outs[i].append(tok)
+                if steps[i] >= reqs[i].max_new:
+                    results[i] = (outs[i], False)
+                    continue
+                keep.append(j)
+                nxt.append(tok)
+            if not keep:
+                return results
+            if len(keep) < k:
+                sel = torch.tensor(keep, dtype=torch.long, device=dev)
+                past.batch_select_indices(sel)
+                attn, pos = attn[sel], pos[sel]
+                active = [active[j] for j in keep]
+            attn = torch.cat([attn, torch.ones((len(keep), 1), dtype=attn.dtype, device=dev)], dim=-1)
+            pos = pos[:, -1:] + 1
+            cur = torch.tensor(nxt, dtype=torch.long, device=dev).view(-1, 1)
+
+
+class _Request:
+    __slots__ = (
+        "arrived",
+        "compiled",
+        "done",
+        "error",
+        "max_batch",
+        "max_new",
+        "prompt",
+        "result",
+        "temperature",
+        "wait_s",
+    )
+
+    def __init__(self, prompt: str, compiled, max_new: int, temperature: float, max_batch: int, wait_s: float):
+        self.prompt, self.compiled, self.max_new, self.temperature = prompt, compiled, max_new, temperature
+        self.max_batch, self.wait_s = max(1, max_batch), max(0.0, wait_s)
+        self.arrived = time.monotonic()
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+_BATCHERS: weakref.WeakSet[_Batcher] = weakref.WeakSet()
+
+
+class _Batcher:
+    """A small dynamic batcher for one resident model: callers queue requests and block; one
+    worker thread takes the oldest request plus whatever else arrives within its wait (up to its
+    batch size), decodes them together, and hands each caller its own result. A batch of one
+    decodes exactly as a lone call. If a batch fails as a whole, each of its rows is decoded
+    alone, so one bad request never takes the others down. ``sizes`` counts the batches by size."""
+
+    def __init__(self, lm: _Loaded):
+        self.lm = lm
+        self.cv = threading.Condition()
+        self.queue: list[_Request] = []
+        self.thread: threading.Thread | None = None
+        self.sizes: Counter[int] = Counter()
+        _BATCHERS.add(self)
+
+    def submit(self, req: _Request) -> tuple[list[int], bool, int]:
+        with self.cv:
+            self.queue.append(req)
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, name="cielr-llm-batcher", daemon=True)
+                self.thread.start()
+            self.cv.notify_all()
+        req.done.wait()
+        if req.error is not None:
+            raise req.error
+        return req.result
+
+    def _take(self) -> list[_Request]:
+        with self.cv:
+            while not self.queue:
+                self.cv.wait()
+            first = self.queue[0]
+            while len(self.queue) < first.max_batch:
+                left = first.arrived + first.wait_s - time.monotonic()
+                if left <= 0:
+                    break
+                self.cv.wait(left)
+            batch = self.queue[: first.max_batch]
+            del self.queue[: len(batch)]
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take()
+            try:
+                results = self._decode(batch)
+            except BaseException as e:  # noqa: BLE001 - handed to the callers
+                if len(batch) == 1:
+                    results = [e]
+                else:
+                    log.warning("a batch of %d LLM calls failed (%s: %s); decoding each alone",
+                                len(batch), type(e).__name__, e)
+                    results = []
+                    for r in batch:
+                        try:
+                            results.extend(self._decode([r]))
+                        except BaseException as e1:  # noqa: BLE001
+                            results.append(e1)
+            for r, res in zip(batch, results):
+                if isinstance(res, BaseException):
+                    r.error = res
+                else:
+                    r.result = res
+                r.done.set()
+
+    def _decode(self, batch: list[_Request]) -> list[Any]:
+        import torch
+
+        lm = self.lm
+        with lm.lock:
+            prompts = [lm.tokenizer(r.prompt, add_special_tokens=False)["input_ids"] for r in batch]
+            self.sizes[len(batch)] += 1
+            if len(batch) == 1:
+                ids = torch.tensor([prompts[0]], dtype=torch.long, device=lm.device)
+                rows: list[Any] = [_decode_one(lm, ids, batch[0].compiled, batch[0].max_new, batch[0].temperature, {})]
+            else:
+                rows = _decode_rows(lm, prompts, batch)
+        return [row if isinstance(row, BaseException) else (row[0], row[1], len(p)) for row, p in zip(rows, prompts)]
+
+
+def observed_batch_sizes() -> dict[int, int]:
+    """How many batches of each size the in-process LLMs of this process decoded (benchmarks)."""
+    total: Counter[int] = Counter()
+    for b in list(_BATCHERS):
+        total.update(b.sizes)
+    return dict(sorted(total.items()))
