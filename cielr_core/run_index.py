@@ -39,15 +39,15 @@ body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:20px;color:#
 h1{font-size:20px;margin:0 0 8px}ul.meta{margin:4px 0 12px;padding-left:18px;font-size:13px}
 table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:4px 6px;font-size:13px;vertical-align:top}
 th{background:#f2f2f2;position:sticky;top:0}td.thumb{width:132px;text-align:center}
-td.thumb img{display:block;max-width:128px;max-height:128px;margin:auto;background:#eee}
+td.thumb img{display:block;max-width:128px;max-height:128px;margin:auto;background:#eee;outline:1px solid #bbb}
 td.instr{min-width:160px;max-width:260px}td.plan{min-width:220px;max-width:380px}
 td.plan ol{margin:0;padding-left:18px}td.plan li{margin-bottom:4px}.reason{color:#555;font-size:12px}
 .op{font-weight:600}.err{color:#a11;font-size:12px;white-space:pre-wrap;word-break:break-word;max-width:320px}
 .files a{display:inline-block;margin-right:6px;font-size:12px}.missing{color:#999}.small{font-size:12px;color:#555}
 .st{display:inline-block;padding:1px 6px;border-radius:8px;font-size:12px;white-space:nowrap}
 .st-ok{background:#dff3df;color:#1d5e1d}.st-no_target{background:#eee;color:#555}
-.st-failed,.st-invalid{background:#fbdcdc;color:#8a1b1b}tr.bad td{background:#fff6f6}
-code{word-break:break-all}
+.st-failed,.st-invalid{background:#fbdcdc;color:#8a1b1b}.st-cancelled{background:#fff1c2;color:#7a5b00}tr.bad td{background:#fff6f6}
+code{overflow-wrap:anywhere}td.id{min-width:96px;max-width:180px}
 """
 
 
@@ -122,7 +122,7 @@ def _link(href: str | None, text: str) -> str:
 def _row_html(n: int, e: IndexEntry, show_thumbs: bool) -> str:
     ok = e.status in OK_STATUSES
     cells = [f'<td class="num">{n}</td>',
-             f'<td><code>{_esc(e.image_id)}</code><br><span class="st st-{_esc(e.status)}">{_esc(e.status)}</span>'
+             f'<td class="id"><code>{_esc(e.image_id)}</code><br><span class="st st-{_esc(e.status)}">{_esc(e.status)}</span>'
              + ("" if e.verified is None else f'<div class="small">edit check: {"verified" if e.verified else "rejected"}</div>')
              + "</td>",
              f'<td class="instr">{_esc(e.instruction)}</td>']
@@ -142,7 +142,7 @@ def _row_html(n: int, e: IndexEntry, show_thumbs: bool) -> str:
     cells.append(f'<td class="plan">{plan}</td>')
     detail = ""
     if e.error:
-        stage = f"{e.failed_stage}: " if e.failed_stage else ""
+        stage = f"{e.failed_stage}: " if e.failed_stage and not str(e.error).startswith(f"{e.failed_stage}:") else ""
         detail += f'<div class="err">{_esc(stage + str(e.error))}</div>'
     for note in e.notes:
         detail += f'<div class="err">{_esc(note)}</div>'

@@ -77,7 +77,8 @@ def _gather(st, rows: list[dict[str, Any]], read: Callable[[int, dict[str, Any]]
 
 def _meta(run_id: str, rows: list[dict[str, Any]], thumb_rows: int) -> tuple[dict[str, str], list[str]]:
     meta = {"run": run_id, "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    notes = ["Thumbnails link to the full files; each row's files are listed in its last column."]
+    notes = ["Thumbnails link to the full files; each row's files are listed in its last column. "
+             "mask: white is the region the edit was allowed to change (pixels outside it are the input's)."]
     if len(rows) > thumb_rows:
         notes.append(f"Thumbnails are shown for the first {thumb_rows} of {len(rows)} rows; every row links its files.")
     return meta, notes
@@ -192,6 +193,9 @@ def export_run(st, results_key: str, to_dir: str, *, force: bool = False, thumb_
         files: dict[str, bytes | None] = {}
         links: dict[str, str] = {}
         if name is not None:
+            for kind, (col, _) in ROW_FILES.items():
+                if col and row.get(col) and kind not in where:
+                    missing.append(f"{row.get('image_id')}: {kind} ({row[col]} is not in this store)")
             for kind, key in where.items():
                 data = _read(st, key)
                 if data is None:
