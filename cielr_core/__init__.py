@@ -12,3 +12,13 @@ a path (weights, benchmark folders) and otherwise works on values in memory.
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``from cielr_core import edit, EditResult``: the Python API (cielr_core/api.py), imported on
+    first use so that ``import cielr_core`` stays light."""
+    if name in ("edit", "EditResult"):
+        from cielr_core import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'cielr_core' has no attribute {name!r}")

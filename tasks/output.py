@@ -6,8 +6,7 @@ from typing import Any
 
 from prefect import task
 
-from cielr_core.masks import union
-from cielr_core.plan import EditPlan
+from cielr_core.pipeline import final_mask, final_plan, final_status, final_verdict
 from tasks import keys, runtime
 from tasks.refs import EditRef, ImageRef, Outputs, SSRRef, StepRef
 
@@ -23,15 +22,12 @@ def finalize(
     st = runtime.store(s)
     prefix = keys.output_prefix(image.sha, instruction, s, seed)
     done = [e for e in edits if e is not None and not e.skipped]
-    # a step re-planned after the edit judge rejected it is recorded as the step that was executed
-    plan = EditPlan(instruction=instruction,
-                    steps=[(e.replanned_step if e is not None and e.replanned_step else x.step)
-                           for x, e in zip(steps, edits)])
-    mask = union([st.get_mask(e.mask_key) for e in done], shape=(image.height, image.width))
+    plan = final_plan(instruction, [x.step for x in steps],
+                      [e.replanned_step if e is not None else None for e in edits])
+    mask = final_mask([st.get_mask(e.mask_key) for e in done], (image.height, image.width))
     traces = {"decompose": st.get_json(decompose_trace), "steps": [st.get_json(x.trace_key) for x in steps],
               "edits": [st.get_json(e.trace_key) if e is not None and e.trace_key else None for e in edits]}
-    checks = [e.verified for e in done]
-    verified = False if False in checks else (True if checks and all(c is True for c in checks) else None)
+    verified = final_verdict([e.verified for e in done])
     st.put_bytes(keys.output_key(prefix, "edited"), st.get_bytes(final_image.key))
     st.put_mask(keys.output_key(prefix, "mask"), mask)
     st.put_bytes(keys.output_key(prefix, "overlay"), st.get_bytes(keys.overlay_key(ssr.prefix)))
@@ -39,7 +35,7 @@ def finalize(
     st.put_bytes(keys.output_key(prefix, "plan"), plan.canonical_json())
     st.put_json(keys.output_key(prefix, "trace"), traces)
     return Outputs(
-        prefix=prefix, status="ok" if done else "no_target", n_steps=len(steps), n_edited_steps=len(done),
+        prefix=prefix, status=final_status(len(done)), n_steps=len(steps), n_edited_steps=len(done),
         verified=verified,
         **{f"{name}_uri": st.uri_for(keys.output_key(prefix, name)) for name in keys.OUTPUT_FILES},
     )

@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 from prefect import get_run_logger, task
 
-from cielr_core.models import halve_batch_on_cuda_oom
 from cielr_core.perception import Detections, SegmentResult, render_overlay
+from cielr_core.pipeline import assemble_ssr, segment_image
 from cielr_core.ssr import Scene, load_scene, save_scene
 from tasks import keys, runtime
 from tasks.images import get_rgb
@@ -18,16 +18,7 @@ from tasks.refs import DepthRef, DetectionsRef, ImageRef, SegmentRef, SSRRef
 @task(name="segment")
 def segment(image: ImageRef, settings: runtime.SettingsRef, sam2_overrides: dict[str, Any] | None = None) -> SegmentRef:
     s = runtime.settings(settings)
-    rgb = get_rgb(image, s)
-    perceiver = runtime.perceiver(s)
-
-    def run(points_per_batch: int | None) -> SegmentResult:
-        # points_per_batch is not in the digest: it changes memory, not masks
-        if points_per_batch is None:
-            return perceiver.segment(rgb, sam2_overrides=sam2_overrides)
-        return perceiver.segment(rgb, sam2_overrides={**(sam2_overrides or {}), "points_per_batch": points_per_batch})
-
-    result = halve_batch_on_cuda_oom(run, s.perception.sam2.points_per_batch, on_retry=lambda n: _logger().warning(
+    result = segment_image(runtime.perceiver(s), get_rgb(image, s), s, sam2_overrides, on_retry=lambda n: _logger().warning(
         "segment: CUDA out of memory; retrying with points_per_batch %d", n))
     key = keys.segment_key(keys.segment_prefix(image.sha, s, sam2_overrides))
     runtime.store(s).put_bytes(key, result.to_npz_bytes())
@@ -83,15 +74,14 @@ def merge_ssr(image: ImageRef, seg: SegmentRef, det: DetectionsRef, dep: DepthRe
     s = runtime.settings(settings)
     st = runtime.store(s)
     p = runtime.perceiver(s)
-    scene = p.assemble(
+    scene = assemble_ssr(
+        p,
         SegmentResult.from_npz_bytes(st.get_bytes(seg.key)),
         Detections.from_json(st.get_json(det.key)),
         st.get_array(dep.key),
         image_sha256=image.sha,
         width=image.width,
         height=image.height,
-        version=0,
-        provenance=p.provenance(),
     )
     prefix = keys.ssr_prefix(image.sha, s)
     digest = save_scene(st, prefix, scene)

@@ -10,7 +10,8 @@ from typing import Any
 
 from prefect import task
 
-from cielr_core.reasoning import Reasoner, Trace
+from cielr_core.pipeline import make_reasoner
+from cielr_core.reasoning import Reasoner
 from cielr_core.ssr import save_scene
 from tasks import keys, runtime
 from tasks.images import get_rgb
@@ -19,8 +20,7 @@ from tasks.refs import Decomposition, ImageRef, SSRRef, StepRef
 
 
 def _reasoner(s) -> Reasoner:
-    p = runtime.perceiver(s)
-    return Reasoner(s, runtime.llm(s), updater=p.update_semantic, trace=Trace())
+    return make_reasoner(s, runtime.llm(s), runtime.perceiver(s))
 
 
 @task(name="decompose")
