@@ -12,3 +12,7 @@ Layering: flows own the order of the stages and the run as a whole (chunks, runn
 artifacts). They may import tasks (stage tasks, keys, refs, runtime), storage and cielr_core;
 never the command line (cli/), which sits beside them. Settings are resolved once per flow run.
 """
+
+from flows.ephemeral_server import install as _die_with_parent
+
+_die_with_parent()  # Prefect's temporary API server, if this process starts one, dies with it
