@@ -106,9 +106,8 @@ def _noop_stages(settings, ref=None):
 
     fns = dict(load=load, segment=segment, detect=detect, depth=depth, merge=merge, decompose=decompose,
                reason=reason, inpaint=inpaint, finalize=finalize)
-    gpu = {"segment", "detect", "depth", "decompose", "reason", "inpaint"}
     return Stages(settings=settings, ref=ref or runtime.settings_ref(settings),
-                  **{n: bind(f, settings, cache_key=key(n), gpu=n in gpu) for n, f in fns.items()})
+                  **{n: bind(f, settings, cache_key=key(n)) for n, f in fns.items()})
 
 
 def child(n: int, workdir: Path, chunk_size: int, phase: str) -> dict:

@@ -1,7 +1,8 @@
 """The deploy helper behind `cielr deploy`.
 
 It only drives Prefect's own mechanisms: it creates the work pool (with our base job template for
-the pool type) and the GPU concurrency limit if they are missing, then applies the project's root
+the pool type) and the GPU concurrency limit (a global one, of which each dataset chunk
+holds a slot) if they are missing, then applies the project's root
 ``prefect.yaml`` with ``prefect deploy`` (as `prefect deploy --all` from the project folder would),
 passing the values that the YAML reads from ``{{ $CIELR_* }}`` placeholders through the environment.
 """
@@ -121,14 +122,27 @@ async def ensure_pool(name: str, pool_type: str) -> str:
         return "created"
 
 
-async def ensure_gpu_limit(tag: str, limit: int) -> None:
-    """A tag concurrency limit: at most ``limit`` GPU-stage task runs carrying ``tag`` at once.
-    Each worker's runs carry their own tag (gpu:<worker>), so one machine's GPU is never
-    oversubscribed while other machines work in parallel."""
+async def ensure_gpu_limit(name: str, limit: int) -> str:
+    """A global concurrency limit ``name`` with ``limit`` slots (created, or its limit updated): each
+    dataset chunk holds one slot while it runs (tasks.gpu.gpu_slot), so at most ``limit`` chunks use
+    the GPU at once. Each worker's runs name their own limit (gpu:<worker>), so one machine's GPU is
+    never oversubscribed while other machines work in parallel. Returns 'created' / 'updated' /
+    'exists'."""
     from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+    from prefect.exceptions import ObjectNotFound
 
     async with get_client() as client:
-        await client.create_concurrency_limit(tag=tag, concurrency_limit=limit)  # upsert
+        try:
+            current = await client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            await client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=name, limit=limit, active=True))
+            return "created"
+        if current.limit == limit and current.active:
+            return "exists"
+        await client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=limit, active=True))
+        return "updated"
 
 
 def apply_deployments(opts: DeployOptions, *, prefect_file: Path = PREFECT_FILE) -> list[str]:

@@ -25,6 +25,7 @@ from prefect.runtime import flow_run
 from cielr_core.config import ProfileName
 from flows.pipeline import run_image
 from tasks import keys, runtime
+from tasks.gpu import gpu_slot
 from tasks.manifest import load_manifest
 from tasks.options import failure_of
 from tasks.refs import ResultRow, results_table
@@ -58,7 +59,8 @@ def process_chunk(rows: list[dict[str, Any]], settings: runtime.SettingsRef, dis
     s = runtime.settings(settings)
     if not distributed:
         stages = Stages.for_settings(s, settings)
-        return [_run_row(stages, r) for r in rows]
+        with gpu_slot(s):  # the chunk holds one GPU slot (per worker) for all its images: tasks.gpu
+            return [_run_row(stages, r) for r in rows]
     gpu = s.orchestration.dask_gpu_per_image
     annotation = nullcontext()
     if gpu > 0:

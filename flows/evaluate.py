@@ -24,6 +24,7 @@ from cielr_core.config import ProfileName
 from flows.edit_dataset import edit_dataset
 from tasks import keys, runtime
 from tasks.evaluation import edit_checks, evaluate_cache_key, evaluate_sample, from_jsonable
+from tasks.gpu import gpu_slot
 from tasks.options import bind, outcome
 
 THUMB = 160
@@ -110,35 +111,38 @@ def evaluate(
     results = {r["image_id"]: r for r in st.get_table(st.key_for(results_uri)).to_pylist()}
 
     sd = runtime.settings_ref(settings)
-    task = bind(evaluate_sample, settings, cache_key=evaluate_cache_key, gpu=True)
+    task = bind(evaluate_sample, settings, cache_key=evaluate_cache_key)
     metric_rows: list[dict[str, Any]] = []
     thumbs: dict[str, dict[str, bytes]] = {}
-    for sample in rows:
-        res = results.get(sample["image_id"])
-        base = {"image_id": sample["image_id"], "instruction": sample["instruction"],
-                "reference_text": sample.get("reference_text"),
-                "edit_status": res["status"] if res else "missing", "edited_uri": res.get("edited_uri") if res else None,
-                **edit_checks(st, res)}
-        if res is None or res["status"] in ("failed", "invalid"):
-            metric_rows.append({**base, "status": "failed",
-                                "error": (res or {}).get("error") or "no result row for this sample"})
-            continue
-        state = task(sample=sample, result=res, settings=sd, return_state=True)
-        try:
-            metrics = outcome(state)
-        except Exception as e:  # noqa: BLE001 - a failed sample is a row, not the end of the run
-            metric_rows.append({**base, "status": "failed", "error": f"evaluate: {type(e).__name__}: {e}"})
-            continue
-        metric_rows.append({**base, "status": "ok", "error": None, **from_jsonable(metrics)})
-        try:
-            before = st.get_png(keys.image_key(res["image_sha256"]))
-            thumbs[sample["image_id"]] = {
-                "before": _thumb(before),
-                "after": _thumb(st.get_png(st.key_for(res["edited_uri"])))
-                , "mask": _thumb((st.get_mask(st.key_for(res["mask_uri"])) * 255).astype("uint8")[..., None].repeat(3, 2)),
-            }
-        except Exception as e:  # noqa: BLE001 - thumbnails are a convenience
-            logger.warning("no thumbnails for %s: %s", sample["image_id"], e)
+    # one GPU slot (per worker) for all samples: tasks.gpu
+    with gpu_slot(settings):
+        for sample in rows:
+            res = results.get(sample["image_id"])
+            base = {"image_id": sample["image_id"], "instruction": sample["instruction"],
+                    "reference_text": sample.get("reference_text"),
+                    "edit_status": res["status"] if res else "missing",
+                    "edited_uri": res.get("edited_uri") if res else None,
+                    **edit_checks(st, res)}
+            if res is None or res["status"] in ("failed", "invalid"):
+                metric_rows.append({**base, "status": "failed",
+                                    "error": (res or {}).get("error") or "no result row for this sample"})
+                continue
+            state = task(sample=sample, result=res, settings=sd, return_state=True)
+            try:
+                metrics = outcome(state)
+            except Exception as e:  # noqa: BLE001 - a failed sample is a row, not the end of the run
+                metric_rows.append({**base, "status": "failed", "error": f"evaluate: {type(e).__name__}: {e}"})
+                continue
+            metric_rows.append({**base, "status": "ok", "error": None, **from_jsonable(metrics)})
+            try:
+                before = st.get_png(keys.image_key(res["image_sha256"]))
+                thumbs[sample["image_id"]] = {
+                    "before": _thumb(before),
+                    "after": _thumb(st.get_png(st.key_for(res["edited_uri"])))
+                    , "mask": _thumb((st.get_mask(st.key_for(res["mask_uri"])) * 255).astype("uint8")[..., None].repeat(3, 2)),
+                }
+            except Exception as e:  # noqa: BLE001 - thumbnails are a convenience
+                logger.warning("no thumbnails for %s: %s", sample["image_id"], e)
 
     run_id = str(flow_run.id or uuid.uuid4())
     prefix = keys.eval_prefix(run_id)

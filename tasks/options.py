@@ -1,5 +1,5 @@
 """How every stage task is run: content-digest cache keys, result storage on our store, retries
-with exponential backoff and jitter on transient errors only, a timeout, and the GPU tag; and the
+with exponential backoff and jitter on transient errors only, and a timeout (no tag: the GPU is guarded per chunk, see tasks.gpu); and the
 one way to read how a task run ended (:func:`outcome`)."""
 
 from __future__ import annotations
@@ -64,11 +64,13 @@ def bind(
     settings: Settings,
     *,
     cache_key: Callable[[dict[str, Any]], str] | None,
-    gpu: bool = False,
     timeout_s: float | None = None,
 ) -> Task:
     """``task`` with our run options. ``cache_key(parameters)`` returns the stage's cache key (one of
-    tasks.keys' cache keys)."""
+    tasks.keys' cache keys).
+
+    No tags: a task-run tag costs a concurrency-slot request per task run (1.3-1.8 s each where the
+    tag has a limit); GPU exclusivity is paid once per chunk instead (tasks.gpu.gpu_slot)."""
     orch = settings.orchestration
     opts: dict[str, Any] = dict(
         retries=orch.retries,
@@ -76,7 +78,6 @@ def bind(
         retry_jitter_factor=orch.retry_jitter_factor,
         retry_condition_fn=retry_only_transient,
         timeout_seconds=timeout_s or orch.stage_timeout_s,
-        tags=[orch.gpu_tag] if gpu else [],
     )
     if cache_key is not None:
         opts.update(

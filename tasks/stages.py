@@ -1,6 +1,6 @@
 """The stage tasks bound to one run's settings, and the record of how each call ended.
 
-:class:`Stages` binds every stage task to its cache key, result storage, retries and GPU tag once
+:class:`Stages` binds every stage task to its cache key, result storage, retries and timeout once
 per run; :class:`StageRecorder` calls them, reads each final state the one way
 (:func:`tasks.options.outcome`), and keeps the per-stage timings and cache hits that end in the
 image's result row; :func:`in_worker` runs a whole image as one task, so a distributed task
@@ -48,7 +48,7 @@ class StageFailed(RuntimeError):
 
 @dataclass
 class Stages:
-    """The stage tasks bound to one run's settings (cache keys, result storage, retries, tags), with
+    """The stage tasks bound to one run's settings (cache keys, result storage, retries), with
     those settings and the reference that every task call takes."""
 
     settings: Settings
@@ -69,13 +69,13 @@ class Stages:
             settings=s,
             ref=ref or runtime.settings_ref(s),
             load=bind(load_image, s, cache_key=load_cache_key),
-            segment=bind(segment, s, cache_key=segment_cache_key, gpu=True),
-            detect=bind(detect, s, cache_key=detect_cache_key, gpu=True),
-            depth=bind(depth, s, cache_key=depth_cache_key, gpu=True),
+            segment=bind(segment, s, cache_key=segment_cache_key),
+            detect=bind(detect, s, cache_key=detect_cache_key),
+            depth=bind(depth, s, cache_key=depth_cache_key),
             merge=bind(merge_ssr, s, cache_key=merge_cache_key),
-            decompose=bind(decompose, s, cache_key=decompose_cache_key, gpu=True),
-            reason=bind(reason_step, s, cache_key=reason_step_cache_key, gpu=True),
-            inpaint=bind(inpaint_step, s, cache_key=inpaint_cache_key, gpu=True),
+            decompose=bind(decompose, s, cache_key=decompose_cache_key),
+            reason=bind(reason_step, s, cache_key=reason_step_cache_key),
+            inpaint=bind(inpaint_step, s, cache_key=inpaint_cache_key),
             finalize=bind(finalize, s, cache_key=finalize_cache_key),
         )
 

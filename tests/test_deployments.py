@@ -238,8 +238,10 @@ def test_deploy_and_a_real_worker_run_the_nightly_deployment(prefect_server, tin
     pool = client.get("/work_pools/test-gpu-pool").json()
     assert pool["type"] == "process"
     assert pool["base_job_template"]["variables"]["properties"]["env"]["default"]["CUDA_VISIBLE_DEVICES"] == "0"
-    limit = client.get("/concurrency_limits/tag/gpu:test-gpu-pool").json()
-    assert limit["concurrency_limit"] == 1
+    # the GPU limit is a global concurrency limit that each chunk holds a slot of, not a tag limit
+    limit = client.get("/v2/concurrency_limits/gpu:test-gpu-pool").json()
+    assert limit["limit"] == 1 and limit["active"] is True, limit
+    assert client.get("/concurrency_limits/tag/gpu:test-gpu-pool").status_code == 404
     dep = client.get("/deployments/name/edit-dataset/nightly").json()
     assert dep["enforce_parameter_schema"] is True
     assert dep["pull_steps"] == [{"deployments.steps.set_project_directory": {}}]  # no path of this machine
@@ -261,9 +263,24 @@ def test_deploy_and_a_real_worker_run_the_nightly_deployment(prefect_server, tin
     assert len(results) == 1
     rows = pq.read_table(results[0]).to_pylist()
     assert len(rows) == 2 and all(r["status"] in ("ok", "no_target") for r in rows), [r["error"] for r in rows]
-    # GPU-stage task runs carried the per-worker tag that the limit caps
-    task_runs = client.post("/task_runs/filter", json={"task_runs": {"tags": {"all_": ["gpu:test-gpu-pool"]}}}).json()
-    assert {t["name"].split("-")[0] for t in task_runs} >= {"segment", "detect", "depth"}
+    # GPU stages ran, untagged (no slot per task run); the chunk took the per-worker GPU slot and
+    # gave it back
+    task_runs = client.post("/task_runs/filter", json={"task_runs": {"flow_run_id": {"any_": [
+        f["id"] for f in client.post("/flow_runs/filter", json={}).json()]}}}).json()
+    assert {t["name"].split("-")[0].split("[")[0] for t in task_runs} >= {"segment", "detect", "depth"}
+    assert all(not t["tags"] or "gpu:test-gpu-pool" not in t["tags"] for t in task_runs), task_runs
+    assert client.get("/v2/concurrency_limits/gpu:test-gpu-pool").json()["active_slots"] == 0
+    held = []
+    for _ in range(60):  # the server persists events in batches
+        events = client.post("/events/filter", json={"filter": {"event": {"name": [
+            "prefect.concurrency-limit.acquired"]}, "any_resource": {"id_prefix": ["prefect.concurrency-limit."]}},
+            "limit": 50}).json().get("events", [])
+        held = [e for e in events if e["resource"].get("prefect.resource.name") == "gpu:test-gpu-pool"]
+        if held:
+            break
+        time.sleep(1)
+    assert held, "no chunk acquired the GPU slot"
+    assert {r.get("prefect.resource.name") for e in held for r in e["related"]} & {"edit-dataset-chunk"}, held
 
 
 @pytest.mark.slow

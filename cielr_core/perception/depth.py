@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cielr_core.devices import device_lock
+
 
 def predict_depth(model: Any, processor: Any, rgb: np.ndarray) -> np.ndarray:
     return predict_depth_batch(model, processor, [rgb])[0]
@@ -30,7 +32,7 @@ def predict_depth_batch(model: Any, processor: Any, rgbs: Sequence[np.ndarray]) 
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     inputs = processor(images=list(rgbs), return_tensors="pt")
-    with torch.inference_mode():
+    with device_lock(device), torch.inference_mode():  # one forward on a GPU at a time
         pred = model(pixel_values=inputs["pixel_values"].to(device, dtype)).predicted_depth  # (B, h', w')
         pred = torch.nn.functional.interpolate(pred[:, None].float(), size=(h, w), mode="bicubic", align_corners=False)
     return [p[0].cpu().numpy().astype(np.float32) for p in pred]

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cielr_core.devices import device_lock
 from cielr_core.perception.results import Detections
 
 _embed_lock = threading.Lock()
@@ -59,7 +60,7 @@ def query_embeddings(model: Any, processor: Any, queries: Sequence[str], *, cach
         for i in range(0, len(missing), batch):
             chunk = missing[i : i + batch]
             enc = tok(chunk, padding="max_length", truncation=True, max_length=max_len, return_tensors="pt")
-            with torch.inference_mode():
+            with device_lock(device), torch.inference_mode():
                 out = model.owlv2.get_text_features(
                     input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device)
                 )
@@ -136,7 +137,7 @@ def detect_batch(
     dtype = next(model.parameters()).dtype
     q_emb = query_embeddings(model, processor, list(queries), cache_key=cache_key)
     pixel_values = processor.image_processor(images=list(rgbs), return_tensors="pt")["pixel_values"].to(device, dtype)
-    with torch.inference_mode():
+    with device_lock(device), torch.inference_mode():  # one forward on a GPU at a time
         feature_map, _ = model.image_embedder(pixel_values=pixel_values)
         b, ph, pw, d = feature_map.shape
         image_feats = feature_map.reshape(b, ph * pw, d)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from cielr_core.config import SAM2Config
+from cielr_core.devices import device_lock
 from cielr_core.perception.results import SegmentResult
 
 # SAM2Config fields that are SAM2AutomaticMaskGenerator arguments (and so may be overridden per call)
@@ -46,12 +47,26 @@ def autocast_context(device: str, dtype: torch.dtype):
 
 
 def run_generator(model: Any, rgb: np.ndarray, settings: dict[str, Any], *, device: str,
-                  dtype: torch.dtype) -> SegmentResult:
+                  dtype: torch.dtype, features: list[Any] | None = None) -> SegmentResult:
+    """``features``: the image encoder's output for each crop the generator encodes, in its order
+    (cielr_core.batching.sam2_crops / sam2_encode: computed by a batcher across the images in
+    flight); the generator then runs only its mask decoder."""
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
     h, w = rgb.shape[:2]
     gen = SAM2AutomaticMaskGenerator(model, output_mode="binary_mask", **settings)
-    with torch.inference_mode(), autocast_context(device, dtype):
+    if features is not None:
+        from cielr_core.batching import install_sam2_features
+
+        pending = list(features)
+
+        def set_image(im: np.ndarray) -> None:
+            if not pending or tuple(pending[0].orig_hw) != tuple(im.shape[:2]):
+                raise RuntimeError(f"SAM2: no precomputed features for a {im.shape[1]}x{im.shape[0]} crop")
+            install_sam2_features(gen.predictor, pending.pop(0))
+
+        gen.predictor.set_image = set_image
+    with device_lock(device), torch.inference_mode(), autocast_context(device, dtype):  # one pass per GPU at a time
         anns = gen.generate(np.ascontiguousarray(rgb))
     if not anns:
         return SegmentResult.empty(h, w)

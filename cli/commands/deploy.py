@@ -20,8 +20,8 @@ def register(app: typer.Typer) -> None:
         profile: str = typer.Option("default", "--profile", "-p", help=PROFILE_HELP + "; the runs use it"),
         cron: str = typer.Option("0 2 * * *", "--cron", help="schedule of the nightly deployment"),
         timezone: str = typer.Option("UTC", "--timezone", help="time zone of the cron schedule"),
-        gpu_tag: Optional[str] = typer.Option(None, "--gpu-tag", help="GPU concurrency tag (default gpu:<pool>)"),
-        gpu_limit: int = typer.Option(1, "--gpu-limit", min=1, help="GPU-stage task runs at once under that tag"),
+        gpu_tag: Optional[str] = typer.Option(None, "--gpu-tag", help="GPU concurrency limit name (default gpu:<pool>)"),
+        gpu_limit: int = typer.Option(1, "--gpu-limit", min=1, help="dataset chunks using the GPU at once (slots of that limit)"),
         cuda_visible_devices: str = typer.Option("0", "--cuda-visible-devices", help="GPU(s) the runs see"),
         name: Optional[List[str]] = typer.Option(None, "--name", help="deployment(s) to apply (default: all)"),
         check: bool = typer.Option(
@@ -72,8 +72,8 @@ def register(app: typer.Typer) -> None:
         try:
             status = asyncio.run(ensure_pool(pool, pool_type))
             typer.echo(f"work pool {pool} ({pool_type}): {status}", err=True)
-            asyncio.run(ensure_gpu_limit(opts.tag, gpu_limit))
-            typer.echo(f"concurrency limit: tag {opts.tag} = {gpu_limit}", err=True)
+            limit_status = asyncio.run(ensure_gpu_limit(opts.tag, gpu_limit))
+            typer.echo(f"global concurrency limit {opts.tag} = {gpu_limit}: {limit_status}", err=True)
             names = apply_deployments(opts)
         except Exception as e:  # noqa: BLE001
             raise fail(f"{type(e).__name__}: {e}") from e
