@@ -108,3 +108,38 @@ def through_model(llm) -> Callable[[dict[str, Any]], str]:
         return raw
 
     return answer
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve the tiny in-process model on 127.0.0.1 in its own process: prints the URL, then
+    serves until stdin closes. ``--stats`` files get {"requests", "max_in_flight"} at exit."""
+    import argparse
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from cielr_core.config import load_settings
+    from cielr_core.models import pin_intra_op_threads
+    from cielr_core.reasoning import make_llm
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models-dir", required=True)
+    ap.add_argument("--latency", type=float, default=0.5)
+    ap.add_argument("--max-batch-size", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=1024)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--stats", default=None)
+    a = ap.parse_args(argv)
+    pin_intra_op_threads(a.threads)
+    s = load_settings(profile="tiny", overrides={"models_dir": a.models_dir, "llm": {
+        "max_batch_size": a.max_batch_size, "max_new_tokens": a.max_new_tokens}})
+    with LLMEndpoint(through_model(make_llm(s.llm, s)), latency_s=a.latency) as ep:
+        print(ep.url, flush=True)
+        sys.stdin.read()
+        if a.stats:
+            Path(a.stats).write_text(json.dumps({"requests": ep.requests, "max_in_flight": ep.max_in_flight,
+                                                 "errors": ep.errors[:5]}))
+
+
+if __name__ == "__main__":
+    main()

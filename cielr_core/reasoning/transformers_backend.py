@@ -269,90 +269,9 @@ def _pick(logits, row: int, temperature: float, gen) -> int:
     return int(torch.multinomial(probs, 1, generator=gen))
 
 
-def _decode_rows(lm: _Loaded, prompts: list[list[int]], reqs: list[_Request]) -> list[Any]:
-    """Several prompts decoded as one batch: left padding (attention mask, positions counted from
-    each row's first real token, so every row sees the positions it would see alone), one grammar
-    matcher per row (their bitmasks filled as one batch), per-row stop (grammar end, including the
-    end-of-turn token, or the row's max_new_tokens); a finished row leaves the batch and the KV
-    cache at once. Greedy rows pick the argmax of their own row; sampled rows draw from their own
-    generator seeded as a lone call's. Returns (tokens, terminated) or an exception per row.
-    Caller holds lm.lock."""
-    import torch
-    import xgrammar as xgr
-
-    n = len(prompts)
-    dev = lm.device
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((n, width), lm.pad_id, dtype=torch.long)
-    attn = torch.zeros((n, width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        input_ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        attn[i, width - len(p):] = 1
-    pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    matchers = [xgr.GrammarMatcher(r.compiled) for r in reqs]
-    gens = [torch.Generator(device="cpu").manual_seed(0) if r.temperature > 0 else None for r in reqs]
-    bitmask = xgr.allocate_token_bitmask(n, lm.tokenizer_info.vocab_size)
-    results: list[Any] = [([], False) for _ in reqs]
-    outs: list[list[int]] = [[] for _ in reqs]
-    active = [i for i, r in enumerate(reqs) if r.max_new > 0]
-    if len(active) < n:
-        keep = torch.tensor(active, dtype=torch.long)
-        input_ids, attn, pos = input_ids[keep], attn[keep], pos[keep]
-    if not active:
-        return results
-    steps = [0] * n
-    cur, attn, pos = input_ids.to(dev), attn.to(dev), pos.to(dev)
-    past = None
-    with torch.inference_mode():
-        while True:
-            o = lm.model(input_ids=cur, attention_mask=attn, position_ids=pos, past_key_values=past,
-                         use_cache=True, logits_to_keep=1)
-            past = o.past_key_values
-            logits = _vocab_logits(lm, o)
-            k = len(active)
-            lm.batch_matcher.batch_fill_next_token_bitmask([matchers[i] for i in active], bitmask)
-            xgr.apply_token_bitmask_inplace(logits, bitmask[:k])
-            keep, nxt = [], []
-            for j, i in enumerate(active):
-                tok = _pick(logits, j, reqs[i].temperature, gens[i])
-                steps[i] += 1
-                if not matchers[i].accept_token(tok):  # pragma: no cover - the mask forbids it
-                    results[i] = LLMError(f"grammar refused token {tok} that its own mask allowed")
-                    continue
-                if matchers[i].is_terminated():
-                    results[i] = (outs[i], True)
-                    continue
-                outs[i].append(tok)
-                if steps[i] >= reqs[i].max_new:
-                    results[i] = (outs[i], False)
-                    continue
-                keep.append(j)
-                nxt.append(tok)
-            if not keep:
-                return results
-            if len(keep) < k:
-                sel = torch.tensor(keep, dtype=torch.long, device=dev)
-                past.batch_select_indices(sel)
-                attn, pos = attn[sel], pos[sel]
-                active = [active[j] for j in keep]
-            attn = torch.cat([attn, torch.ones((len(keep), 1), dtype=attn.dtype, device=dev)], dim=-1)
-            pos = pos[:, -1:] + 1
-            cur = torch.tensor(nxt, dtype=torch.long, device=dev).view(-1, 1)
-
-
 class _Request:
-    __slots__ = (
-        "arrived",
-        "compiled",
-        "done",
-        "error",
-        "max_batch",
-        "max_new",
-        "prompt",
-        "result",
-        "temperature",
-        "wait_s",
-    )
+    __slots__ = ("prompt", "compiled", "max_new", "temperature", "max_batch", "wait_s", "arrived", "done",
+                 "result", "error")
 
     def __init__(self, prompt: str, compiled, max_new: int, temperature: float, max_batch: int, wait_s: float):
         self.prompt, self.compiled, self.max_new, self.temperature = prompt, compiled, max_new, temperature
@@ -362,16 +281,42 @@ class _Request:
         self.result: Any = None
         self.error: BaseException | None = None
 
+    def finish(self, result: Any = None, error: BaseException | None = None) -> None:
+        self.result, self.error = result, error
+        self.done.set()
+
+
+class _Row:
+    """One request being decoded: its grammar matcher, generator, tokens so far."""
+
+    __slots__ = ("req", "matcher", "gen", "out", "steps", "n_prompt")
+
+    def __init__(self, req: _Request, n_prompt: int):
+        import torch
+        import xgrammar as xgr
+
+        self.req, self.n_prompt = req, n_prompt
+        self.matcher = xgr.GrammarMatcher(req.compiled)
+        self.gen = torch.Generator(device="cpu").manual_seed(0) if req.temperature > 0 else None
+        self.out: list[int] = []
+        self.steps = 0
+
 
 _BATCHERS: weakref.WeakSet[_Batcher] = weakref.WeakSet()
 
 
 class _Batcher:
-    """A small dynamic batcher for one resident model: callers queue requests and block; one
-    worker thread takes the oldest request plus whatever else arrives within its wait (up to its
-    batch size), decodes them together, and hands each caller its own result. A batch of one
-    decodes exactly as a lone call. If a batch fails as a whole, each of its rows is decoded
-    alone, so one bad request never takes the others down. ``sizes`` counts the batches by size."""
+    """Continuous batching for one resident model. Callers queue requests and block; one worker
+    thread takes the oldest request plus whatever else arrives within its wait (up to its batch
+    size) and decodes them as one batch. Between decode steps, requests that arrived meanwhile join
+    the running batch (their prompts prefilled together, their KV cache left-padded to the batch's
+    length) and finished rows leave it, each caller getting its answer as soon as its row ends.
+
+    Every row sees exactly the tokens and positions it would see alone (left padding is masked out,
+    positions count from the row's first real token), so greedy answers equal batch-1 decoding; a
+    request that runs alone from start to end goes through the lone path's very forward calls.
+    If a batched forward fails, each of its rows is decoded again alone, so one bad request never
+    takes the others down. ``sizes`` counts decode steps by the number of rows they carried."""
 
     def __init__(self, lm: _Loaded):
         self.lm = lm
@@ -407,47 +352,182 @@ class _Batcher:
             del self.queue[: len(batch)]
             return batch
 
+    def _poll(self, room: int) -> list[_Request]:
+        with self.cv:
+            batch = self.queue[:room]
+            del self.queue[: len(batch)]
+            return batch
+
     def _run(self) -> None:
         while True:
             batch = self._take()
             try:
-                results = self._decode(batch)
-            except BaseException as e:  # noqa: BLE001 - handed to the callers
-                if len(batch) == 1:
-                    results = [e]
-                else:
-                    log.warning("a batch of %d LLM calls failed (%s: %s); decoding each alone",
-                                len(batch), type(e).__name__, e)
-                    results = []
-                    for r in batch:
-                        try:
-                            results.extend(self._decode([r]))
-                        except BaseException as e1:  # noqa: BLE001
-                            results.append(e1)
-            for r, res in zip(batch, results):
-                if isinstance(res, BaseException):
-                    r.error = res
-                else:
-                    r.result = res
-                r.done.set()
+                with self.lm.lock:
+                    self._serve(batch)
+            except BaseException as e:  # noqa: BLE001 - never leave a caller waiting
+                for r in batch:
+                    if not r.done.is_set():
+                        r.finish(error=e)
 
-    def _decode(self, batch: list[_Request]) -> list[Any]:
+    # -- one continuous batch, from its first requests until no row is left ----------------------
+    def _serve(self, first: list[_Request]) -> None:
         import torch
 
         lm = self.lm
-        with lm.lock:
-            prompts = [lm.tokenizer(r.prompt, add_special_tokens=False)["input_ids"] for r in batch]
-            self.sizes[len(batch)] += 1
-            if len(batch) == 1:
-                ids = torch.tensor([prompts[0]], dtype=torch.long, device=lm.device)
-                rows: list[Any] = [_decode_one(lm, ids, batch[0].compiled, batch[0].max_new, batch[0].temperature, {})]
+        max_batch = first[0].max_batch
+        rows: list[_Row] = []
+        state: dict[str, Any] = {}  # cache, attn, pos, cur of the running rows; masked: padding present
+        pending = first
+        with torch.inference_mode():
+            while True:
+                if pending:
+                    self._admit(pending, rows, state)
+                    pending = []
+                if not rows:
+                    return
+                try:
+                    o = self._forward(state, len(rows))
+                    self._advance(rows, state, _vocab_logits(lm, o), o.past_key_values)
+                except Exception as e:  # noqa: BLE001
+                    self._alone(rows, e)
+                    rows.clear()
+                    state.clear()
+                if rows and len(rows) < max_batch and _mergeable(state["cache"]):
+                    pending = self._poll(max_batch - len(rows))
+
+    def _forward(self, state: dict[str, Any], n: int):
+        lm = self.lm
+        self.sizes[n] += 1
+        if not state["masked"]:
+            # no padding anywhere: the lone path's call, word for word
+            return lm.model(input_ids=state["cur"], past_key_values=state["cache"], use_cache=True,
+                            logits_to_keep=1)
+        return lm.model(input_ids=state["cur"], attention_mask=state["attn"], position_ids=state["pos"],
+                        past_key_values=state["cache"], use_cache=True, logits_to_keep=1)
+
+    def _admit(self, reqs: list[_Request], rows: list[_Row], state: dict[str, Any]) -> None:
+        """Prefill ``reqs`` (left-padded among themselves), pick their first tokens, and merge
+        their KV cache into the running batch's."""
+        import torch
+
+        lm = self.lm
+        try:
+            prompts = [lm.tokenizer(r.prompt, add_special_tokens=False)["input_ids"] for r in reqs]
+            new = [_Row(r, len(p)) for r, p in zip(reqs, prompts)]
+            width = max(len(p) for p in prompts)
+            ids = torch.full((len(new), width), lm.pad_id, dtype=torch.long)
+            attn = torch.zeros((len(new), width), dtype=torch.long)
+            for i, p in enumerate(prompts):
+                ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+                attn[i, width - len(p):] = 1
+            pos = (attn.cumsum(-1) - 1).clamp(min=0)
+            sub = {"cur": ids.to(lm.device), "attn": attn.to(lm.device), "pos": pos.to(lm.device), "cache": None,
+                   "masked": bool((attn == 0).any())}
+            o = self._forward(sub, len(new))
+            self._advance(new, sub, _vocab_logits(lm, o), o.past_key_values)
+        except Exception as e:  # noqa: BLE001
+            self._alone([_Row(r, 0) for r in reqs if not r.done.is_set()], e)
+            return
+        if not new:
+            return
+        if not rows:
+            rows.extend(new)
+            state.update(sub)
+            return
+        _merge(state, sub)
+        rows.extend(new)
+        state["masked"] = True
+
+    def _advance(self, rows: list[_Row], state: dict[str, Any], logits, cache) -> None:
+        """Pick, accept and record one token per row; finished rows get their answer and leave."""
+        import torch
+        import xgrammar as xgr
+
+        lm = self.lm
+        n = len(rows)
+        bitmask = xgr.allocate_token_bitmask(n, lm.tokenizer_info.vocab_size)
+        lm.batch_matcher.batch_fill_next_token_bitmask([r.matcher for r in rows], bitmask)
+        xgr.apply_token_bitmask_inplace(logits, bitmask)
+        greedy = torch.argmax(logits, dim=-1).tolist()  # each row's own argmax, as a lone call takes it
+        keep, nxt = [], []
+        for j, r in enumerate(rows):
+            tok = int(greedy[j]) if r.gen is None else _pick(logits, j, r.req.temperature, r.gen)
+            r.steps += 1
+            if not r.matcher.accept_token(tok):  # pragma: no cover - the mask forbids it
+                r.req.finish(error=LLMError(f"grammar refused token {tok} that its own mask allowed"))
+            elif r.matcher.is_terminated():
+                r.req.finish((r.out, True, r.n_prompt))
             else:
-                rows = _decode_rows(lm, prompts, batch)
-        return [row if isinstance(row, BaseException) else (row[0], row[1], len(p)) for row, p in zip(rows, prompts)]
+                r.out.append(tok)
+                if r.steps >= r.req.max_new:
+                    r.req.finish((r.out, False, r.n_prompt))
+                else:
+                    keep.append(j)
+                    nxt.append(tok)
+        dev = lm.device
+        if len(keep) < n and keep:
+            sel = torch.tensor(keep, dtype=torch.long, device=dev)
+            cache.batch_select_indices(sel)
+            state["attn"], state["pos"] = state["attn"][sel], state["pos"][sel]
+        rows[:] = [rows[j] for j in keep]
+        if not keep:
+            state.clear()
+            return
+        state["cache"] = cache
+        state["attn"] = torch.cat([state["attn"], torch.ones((len(keep), 1), dtype=torch.long, device=dev)], dim=-1)
+        state["pos"] = state["pos"][:, -1:] + 1
+        state["cur"] = torch.tensor(nxt, dtype=torch.long, device=dev).view(-1, 1)
+
+    def _alone(self, rows: list[_Row], cause: BaseException) -> None:
+        """A batched forward failed: decode each of its unfinished rows alone, from the start."""
+        import torch
+
+        todo = [r for r in rows if not r.req.done.is_set()]
+        if len(todo) > 1:
+            log.warning("a batch of %d LLM calls failed (%s: %s); decoding each alone",
+                        len(todo), type(cause).__name__, cause)
+        for r in todo:
+            if len(rows) == 1:  # the failed forward was this row's alone: that is its answer
+                r.req.finish(error=cause)
+                continue
+            try:
+                ids = self.lm.tokenizer(r.req.prompt, add_special_tokens=False)["input_ids"]
+                x = torch.tensor([ids], dtype=torch.long, device=self.lm.device)
+                out, term = _decode_one(self.lm, x, r.req.compiled, r.req.max_new, r.req.temperature, {})
+                r.req.finish((out, term, len(ids)))
+            except BaseException as e:  # noqa: BLE001
+                r.req.finish(error=e)
+
+
+def _merge(state: dict[str, Any], sub: dict[str, Any]) -> None:
+    """Append the rows of ``sub`` to the running batch ``state``: the shorter KV cache and mask are
+    left-padded (zeros, masked out) to the longer one's length, then both are stacked."""
+    import torch
+    import torch.nn.functional as F
+
+    a, b = state["cache"], sub["cache"]
+    ta, tb = state["attn"].shape[1] - 1, sub["attn"].shape[1] - 1  # cached positions (cur is pending)
+    t = max(ta, tb)
+    for la, lb in zip(a.layers, b.layers):
+        for name in ("keys", "values"):
+            xa, xb = getattr(la, name), getattr(lb, name)
+            xa = F.pad(xa, (0, 0, t - ta, 0)) if t > ta else xa
+            xb = F.pad(xb, (0, 0, t - tb, 0)) if t > tb else xb
+            setattr(la, name, torch.cat([xa, xb], dim=0))
+    state["attn"] = torch.cat([F.pad(state["attn"], (t - ta, 0)), F.pad(sub["attn"], (t - tb, 0))], dim=0)
+    state["pos"] = torch.cat([state["pos"], sub["pos"]], dim=0)
+    state["cur"] = torch.cat([state["cur"], sub["cur"]], dim=0)
+
+
+def _mergeable(cache) -> bool:
+    """Rows can join a running batch when every cache layer is a plain dynamic (full-attention) one."""
+    from transformers.cache_utils import DynamicLayer
+
+    return all(type(la) is DynamicLayer for la in getattr(cache, "layers", [None]))
 
 
 def observed_batch_sizes() -> dict[int, int]:
-    """How many batches of each size the in-process LLMs of this process decoded (benchmarks)."""
+    """Decode steps of the in-process LLMs of this process, by the rows they carried (benchmarks)."""
     total: Counter[int] = Counter()
     for b in list(_BATCHERS):
         total.update(b.sizes)
