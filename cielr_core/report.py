@@ -512,7 +512,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#
 table{border-collapse:collapse;margin:8px 0 20px}th,td{border:1px solid #ccc;padding:3px 7px;font-size:13px;
 vertical-align:top}th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.failed td{background:#fde8e8}.label{font-weight:bold;color:#a33}.hist{display:inline-block;margin:4px}
-img.thumb{display:block;max-width:160px;max-height:160px}.missing{color:#888}.small{font-size:11px;color:#555}
+img.thumb{display:block;max-width:160px;max-height:160px;outline:1px solid #bbb}.missing{color:#888}.small{font-size:11px;color:#555}
 th.notes,td.notes{min-width:260px}ol.plan{margin:4px 0 0;padding-left:18px;font-size:12px}
 ol.plan .reason{color:#555}.steps{margin-top:3px;font-variant-numeric:tabular-nums}
 .chk{display:inline-block;padding:1px 6px;border-radius:8px;font-size:12px;white-space:nowrap}
