@@ -195,13 +195,15 @@ def sam2_encode(model: Any, images: Sequence[np.ndarray]) -> list[SAM2Features]:
     import torch
     from sam2.utils.transforms import SAM2Transforms
 
+    from cielr_core.devices import device_lock
+
     device = next(model.parameters()).device
     transforms = SAM2Transforms(resolution=model.image_size, mask_threshold=0.0, max_hole_area=0.0,
                                 max_sprinkle_area=0.0)
     x = torch.stack([transforms(np.asarray(im)) for im in images]).to(device)
     s = model.image_size
     bb_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]
-    with torch.inference_mode():
+    with device_lock(device), torch.inference_mode():  # the lock around the one forward, not the wait
         backbone_out = model.forward_image(x)
         _, vision_feats, _, _ = model._prepare_backbone_features(backbone_out)
         if model.directly_add_no_mem_embed:
@@ -210,6 +212,15 @@ def sam2_encode(model: Any, images: Sequence[np.ndarray]) -> list[SAM2Features]:
                  for feat, size in zip(vision_feats[::-1], bb_sizes[::-1])][::-1]
     return [SAM2Features(tuple(np.asarray(im).shape[:2]), feats[-1][i:i + 1].clone(),
                          [f[i:i + 1].clone() for f in feats[:-1]]) for i, im in enumerate(images)]
+
+
+def sam2_crops(rgb: np.ndarray, crop_n_layers: int, crop_overlap_ratio: float = 512 / 1500) -> list[np.ndarray]:
+    """The crops SAM2's automatic mask generator encodes for ``rgb``, in the order it encodes them
+    (the whole image first, then each crop layer's boxes)."""
+    from sam2.utils.amg import generate_crop_boxes
+
+    boxes, _ = generate_crop_boxes(rgb.shape[:2], int(crop_n_layers), crop_overlap_ratio)
+    return [rgb[y0:y1, x0:x1, :] for x0, y0, x1, y1 in boxes]
 
 
 def install_sam2_features(predictor: Any, f: SAM2Features) -> None:
@@ -303,5 +314,9 @@ def inpaint_batch(pipe: Any, requests: Sequence[InpaintRequest], *, steps: int, 
     if strength is not None and "strength" in accepted:
         kwargs["strength"] = float(strength)
     with torch.inference_mode():
-        out = pipe(**kwargs).images
-    return [np.asarray(o, dtype=np.float32) for o in out]
+        result = pipe(**kwargs)
+    nsfw = getattr(result, "nsfw_content_detected", None)
+    if nsfw and any(bool(x) for x in nsfw):
+        # the batcher then runs each request alone, so only the flagged one fails (with the inpainter's message)
+        raise RuntimeError("the pipeline's safety checker flagged an output of the batch")
+    return [np.asarray(o, dtype=np.float32) for o in result.images]

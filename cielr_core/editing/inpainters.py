@@ -181,6 +181,9 @@ class DiffusersInpainter:
         strength: float = 1.0,
         loader: PipelineLoader | None = None,
         label: str | None = None,
+        batching: bool = False,
+        batch_size: int = 4,
+        max_batch_wait_ms: float = 5.0,
     ):
         self.source = source
         self.revision = revision
@@ -193,6 +196,10 @@ class DiffusersInpainter:
         self._loader = loader or diffusers_loader(source, revision, device)
         self.name = f"diffusers/{label or source}"
         self.retried_fp32 = 0  # how many calls fell back to float32
+        # concurrent calls (images in flight) batched into one pipeline call: cielr_core.batching
+        self.batching = bool(batching)
+        self.batch_size = int(batch_size)
+        self.max_batch_wait_ms = float(max_batch_wait_ms)
 
     def pipeline(self, dtype: str | None = None) -> Any:
         """The pipeline in ``dtype`` (default: this inpainter's), loaded once per process."""
@@ -229,6 +236,8 @@ class DiffusersInpainter:
         if "strength" in accepted:
             kwargs["strength"] = self.strength
         kwargs = {k: v for k, v in kwargs.items() if k in accepted or "kwargs" in accepted}
+        if self.batching:
+            return self._run_batched(pipe, img, msk, prompt, negative_prompt, seed), (mw, mh)
         with _lock_for(pipe), torch.inference_mode():
             result = pipe(**kwargs)
         nsfw = getattr(result, "nsfw_content_detected", None)
@@ -241,6 +250,26 @@ class DiffusersInpainter:
         if out.ndim == 4:
             out = out[0]
         return out.astype(np.float32), (mw, mh)
+
+    def _run_batched(self, pipe: Any, img: Any, msk: Any, prompt: str, negative_prompt: str, seed: int) -> np.ndarray:
+        """One request to the pipeline's batcher: same-size requests in flight share one call."""
+        from cielr_core import batching
+
+        def run(reqs: list[batching.InpaintRequest]) -> list[np.ndarray]:
+            with _lock_for(pipe):
+                return batching.inpaint_batch(pipe, reqs, steps=self.steps, guidance_scale=self.guidance_scale,
+                                              strength=self.strength)
+
+        req = batching.InpaintRequest(np.asarray(img), np.asarray(msk) > 0, prompt, int(seed), negative_prompt)
+        name = f"inpaint:{self.steps}:{self.guidance_scale}:{self.strength}"
+        b = batching.batcher_for(name, pipe, run, max_batch=self.batch_size, max_wait_ms=self.max_batch_wait_ms)
+        try:
+            return b.submit(req, key=req.key)
+        except RuntimeError as e:
+            if "safety checker" in str(e):
+                raise EditingError("the pipeline's safety checker flagged the inpainted output (it returns a black "
+                                   "image); change the prompt") from e
+            raise
 
     def inpaint(self, image, mask, *, prompt="", negative_prompt="", seed=0):
         image = np.asarray(image)
@@ -260,6 +289,12 @@ class DiffusersInpainter:
                 )
         u8 = np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
         return resize_rgb(u8, (w, h))
+
+
+def _batching_enabled(mode: str, device: str) -> bool:
+    from cielr_core.batching import enabled
+
+    return enabled(mode, device)
 
 
 def _is_flux_pipe(pipe: Any) -> bool:
@@ -313,6 +348,9 @@ def make_inpainter(backend: str, settings: Settings | EditingConfig, *, load: bo
         guidance_scale=cfg.guidance_scale,
         strength=cfg.strength,
         label=cfg.model.id,
+        batching=_batching_enabled(cfg.batching, device),
+        batch_size=cfg.batch_size,
+        max_batch_wait_ms=cfg.max_batch_wait_ms,
     )
     if load:
         inp.pipeline()

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from cielr_core import batching
 from cielr_core.canonical import sha256_json
 from cielr_core.config import Settings, settings_from_dict
 from cielr_core.images import check_rgb
@@ -81,9 +82,27 @@ class Perceiver:
         """SAM2 automatic masks; ``sam2_overrides`` (generator settings) merged over the config."""
         rgb = _check_rgb(rgb)
         settings = seg_mod.generator_settings(self.cfg.sam2, sam2_overrides)
-        seg = seg_mod.run_generator(self.sam2_model(), working.working_copy(rgb, self.max_working_side), settings,
-                                    device=self.device, dtype=self.dtype)
+        small = working.working_copy(rgb, self.max_working_side)
+        model = self.sam2_model()
+        features = None
+        if self.batching:  # the encoder batched across the images in flight; the decoder per image
+            enc = self._batcher("sam2-encoder", model, lambda ims: self._sam2_encode(model, ims))
+            features = [enc.submit(c) for c in batching.sam2_crops(small, settings["crop_n_layers"])]
+        seg = seg_mod.run_generator(model, small, settings, device=self.device, dtype=self.dtype, features=features)
         return working.segment_to_size(seg, *rgb.shape[:2])
+
+    # -- dynamic batching across the images in flight (cielr_core.batching; off on CPU by default) --
+    @property
+    def batching(self) -> bool:
+        return batching.enabled(self.cfg.batching, self.device)
+
+    def _batcher(self, name: str, model: Any, fn) -> batching.DynamicBatcher:
+        return batching.batcher_for(name, model, fn, max_batch=self.cfg.batch_size,
+                                    max_wait_ms=self.cfg.max_batch_wait_ms)
+
+    def _sam2_encode(self, model: Any, images: list[np.ndarray]) -> list[batching.SAM2Features]:
+        with seg_mod.autocast_context(self.device, self.dtype):
+            return batching.sam2_encode(model, images)
 
     def queries(self, extra_queries: Sequence[str] = ()) -> list[str]:
         return merge_queries(self.vocabulary, extra_queries)
@@ -94,19 +113,33 @@ class Perceiver:
         model, processor = self.owlv2_model()
         c = self.cfg.owlv2
         small = working.working_copy(rgb, self.max_working_side)
-        det = label.detect(
-            model, processor, small, self.queries(extra_queries),
-            score_threshold=c.score_threshold, nms_iou=c.nms_iou, max_queries_per_pass=c.max_queries_per_pass,
-            cache_key=f"{self._source(c.model)}@{c.model.revision}:{self.device}:{self.dtype}",
-            top_k=c.label_candidates,
-        )
+        queries = tuple(self.queries(extra_queries))
+
+        def run(images: list[np.ndarray], queries: tuple[str, ...] = queries) -> list[Detections]:
+            return label.detect_batch(
+                model, processor, images, list(queries),
+                score_threshold=c.score_threshold, nms_iou=c.nms_iou, max_queries_per_pass=c.max_queries_per_pass,
+                cache_key=f"{self._source(c.model)}@{c.model.revision}:{self.device}:{self.dtype}",
+                top_k=c.label_candidates,
+            )
+
+        if self.batching:  # images batch with images of the same query set
+            b = self._batcher("owlv2", model, lambda reqs: run([im for im, _ in reqs], reqs[0][1]))
+            det = b.submit((small, queries), key=queries)
+        else:
+            det = run([small])[0]
         return working.detections_to_size(det, small.shape[:2], *rgb.shape[:2])
 
     def depth(self, rgb: np.ndarray) -> np.ndarray:
         """Relative depth, float32 (H, W), larger = nearer (not normalised)."""
         rgb = _check_rgb(rgb)
         model, processor = self.depth_model()
-        d = depth_mod.predict_depth(model, processor, working.working_copy(rgb, self.max_working_side))
+        small = working.working_copy(rgb, self.max_working_side)
+        if self.batching:  # the processor keeps the aspect ratio: images batch with same-size images
+            b = self._batcher("depth", model, lambda ims: depth_mod.predict_depth_batch(model, processor, ims))
+            d = b.submit(small, key=small.shape[:2])
+        else:
+            d = depth_mod.predict_depth(model, processor, small)
         return working.depth_to_size(d, *rgb.shape[:2])
 
     # -- batches (models resident; OWLv2 and depth batched by cfg.batch_size) ------------------
