@@ -19,12 +19,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cielr_core.images import image_digest  # noqa: E402
-from cielr_core.plan import EditPlan, EditStep  # noqa: E402
-from storage import ArtifactStore  # noqa: E402
-from tasks import keys  # noqa: E402
-from tasks.refs import ResultRow, results_table  # noqa: E402
-from tasks.run_outputs import export_run, write_run_index  # noqa: E402
+from cielr_core.images import image_digest
+from cielr_core.plan import EditPlan, EditStep
+from storage import ArtifactStore
+from tasks import keys
+from tasks.refs import ResultRow, results_table
+from tasks.run_outputs import export_run, write_run_index
 
 
 def build(st: ArtifactStore, n: int, w: int, h: int) -> list[ResultRow]:

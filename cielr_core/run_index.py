@@ -132,7 +132,7 @@ def _row_html(n: int, e: IndexEntry, show_thumbs: bool) -> str:
             if uri:
                 img = f'<img alt="{_esc(label)}" src="{_esc(uri)}">'
                 href = safe_href(e.links.get(kind))
-                cells.append(f'<td class="thumb">' + (f'<a href="{_esc(href)}">{img}</a>' if href else img) + "</td>")
+                cells.append('<td class="thumb">' + (f'<a href="{_esc(href)}">{img}</a>' if href else img) + "</td>")
             else:
                 cells.append('<td class="thumb missing">—</td>')
     if e.steps:

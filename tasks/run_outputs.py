@@ -55,7 +55,7 @@ def row_keys(st, row: dict[str, Any]) -> dict[str, str]:
         if col and row.get(col):
             try:
                 out[kind] = st.key_for(row[col])
-            except Exception:  # noqa: BLE001 - a URI outside this store is shown, not followed
+            except Exception:  # noqa: BLE001, S112 - a URI outside this store is not followed (export lists it)
                 continue
     return out
 
@@ -77,8 +77,8 @@ def _gather(st, rows: list[dict[str, Any]], read: Callable[[int, dict[str, Any]]
 
 def _meta(run_id: str, rows: list[dict[str, Any]], thumb_rows: int) -> tuple[dict[str, str], list[str]]:
     meta = {"run": run_id, "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    notes = ["Thumbnails link to the full files; each row's files are listed in its last column. "
-             "mask: white is the region the edit was allowed to change (pixels outside it are the input's)."]
+    notes = [("Thumbnails link to the full files; each row's files are listed in its last column. "
+              "mask: white is the region the edit was allowed to change (pixels outside it are the input's).")]
     if len(rows) > thumb_rows:
         notes.append(f"Thumbnails are shown for the first {thumb_rows} of {len(rows)} rows; every row links its files.")
     return meta, notes

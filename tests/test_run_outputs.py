@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cielr_core.images import encode_png, image_digest
+from cielr_core.images import image_digest
 from cielr_core.plan import EditPlan, EditStep
-from cielr_core.run_index import IndexEntry, make_entry, render_index, safe_href
+from cielr_core.run_index import make_entry, render_index, safe_href
 from storage import ArtifactStore
 from tasks import keys
 from tasks.refs import ResultRow, results_table
@@ -95,13 +95,24 @@ def build_run(st: ArtifactStore, run_id: str = "run-1") -> list[dict]:
     return [r.model_dump() for r in rows]
 
 
+_S3_RUN: dict[str, ArtifactStore] = {}
+
+
 @pytest.fixture(params=["local", "s3"])
 def store(request, tmp_path):
+    """A store holding build_run's run-1: a fresh local one, or one S3 store (moto) built once for the
+    module (the tests only read the run, and write the same index.html)."""
     if request.param == "local":
-        return ArtifactStore(str(tmp_path / "store"))
-    endpoint = request.getfixturevalue("moto_server")
-    bucket = request.getfixturevalue("s3_bucket")
-    return ArtifactStore(f"s3://{bucket}/cielr", endpoint_url=endpoint, key="testing", secret="testing")
+        st = ArtifactStore(str(tmp_path / "store"))
+        build_run(st)
+        return st
+    if "s3" not in _S3_RUN:
+        endpoint = request.getfixturevalue("moto_server")
+        bucket = request.getfixturevalue("s3_bucket")
+        st = ArtifactStore(f"s3://{bucket}/cielr", endpoint_url=endpoint, key="testing", secret="testing")
+        build_run(st)
+        _S3_RUN["s3"] = st
+    return _S3_RUN["s3"]
 
 
 def _assert_safe(page: str) -> _Page:
@@ -138,7 +149,7 @@ def test_page_escapes_hostile_text_and_links():
 
 
 def test_run_index_in_the_store_links_every_file_relative(store):
-    rows = build_run(store)
+    rows = store.get_table(keys.results_key("run-1")).to_pylist()
     uri = write_run_index(store, "run-1", rows)
     assert uri == store.uri_for("runs/run-1/index.html")
     page = store.get_bytes(keys.run_index_key("run-1")).decode()
@@ -173,7 +184,6 @@ def test_table_artifact_links_outputs(tmp_path):
 
 
 def test_export_layout_index_and_refusals(store, tmp_path):
-    build_run(store)
     out = tmp_path / "export"
     done = export_run(store, keys.results_key("run-1"), str(out))
     assert done["missing"] == []

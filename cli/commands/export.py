@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from cli.commands.common import ConfigFileOpt, ProfileOpt, fail, read_config_file
@@ -28,8 +26,8 @@ def register(app: typer.Typer) -> None:
         results_uri: str = typer.Argument(..., help="results.parquet URI that `cielr run` printed, or its run folder"),
         to: str = typer.Option(..., "--to", "-o", help="folder to write (created if missing)"),
         force: bool = typer.Option(False, "--force", help="write into a non-empty folder that holds something else"),
-        profile: Optional[str] = ProfileOpt,
-        config_file: Optional[str] = ConfigFileOpt,
+        profile: str | None = ProfileOpt,
+        config_file: str | None = ConfigFileOpt,
     ) -> None:
         import os
 
@@ -37,8 +35,7 @@ def register(app: typer.Typer) -> None:
         from tasks.run_outputs import ExportError, export_run
 
         uri = results_uri.strip()
-        if uri.startswith("file://"):
-            uri = uri[len("file://"):]
+        uri = uri.removeprefix("file://")
         root = keys.store_root_of_run(uri)
         run_id = keys.run_id_of(uri)
         if root is None or run_id is None:
@@ -57,7 +54,7 @@ def register(app: typer.Typer) -> None:
             raise fail(str(e), 2 if e.usage else 1) from e
         except typer.Exit:
             raise
-        except Exception as e:  # noqa: BLE001 - a store or file error, named
+        except Exception as e:
             raise fail(f"{type(e).__name__}: {e}") from e
         rows = done["rows"]
         bad = [r for r in rows if r["status"] not in ("ok", "no_target")]
