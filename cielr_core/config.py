@@ -308,6 +308,11 @@ class StoreConfig(Section):
     secret: SecretStr | None = Field(default=None, description="S3 secret access key")
     region: str | None = None
     anon: bool = False
+    credentials_block: str | None = Field(
+        default=None, json_schema_extra=NO_DIGEST,
+        description="name of a saved Prefect AwsCredentials block (prefect-aws, pip install 'cielr[aws]') whose "
+        "key, secret, region and endpoint the S3 store uses where key/secret/region/endpoint_url are not set; "
+        "loaded at run time by each process from the Prefect API")
 
 
 class LimitsConfig(Section):

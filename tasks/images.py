@@ -19,13 +19,14 @@ DECODE_CODE_VERSION = "1"
 
 def storage_options_for(uri: str, s: Settings) -> dict[str, Any]:
     if uri.startswith(("s3://", "s3a://")):
+        cfg = runtime.store_config(s)  # store.credentials_block's values where the settings have none
         opts: dict[str, Any] = {}
-        if s.store.endpoint_url:
-            opts["endpoint_url"] = s.store.endpoint_url
-        if s.store.key is not None:
-            opts["key"] = s.store.key.get_secret_value()
-        if s.store.secret is not None:
-            opts["secret"] = s.store.secret.get_secret_value()
+        if cfg.endpoint_url:
+            opts["endpoint_url"] = cfg.endpoint_url
+        if cfg.key is not None:
+            opts["key"] = cfg.key.get_secret_value()
+        if cfg.secret is not None:
+            opts["secret"] = cfg.secret.get_secret_value()
         return opts
     return {}
 

@@ -25,6 +25,7 @@ _settings: dict[str, Settings] = {}
 _stores: dict[str, ArtifactStore] = {}
 _perceivers: dict[str, Any] = {}
 _llms: dict[str, Any] = {}
+_credentials: dict[str, Any] = {}
 
 
 class SettingsRef(BaseModel):
@@ -76,14 +77,55 @@ def settings(ref: SettingsRef | Settings) -> Settings:
     return s
 
 
+def store_config(s: Settings):
+    """``s.store`` with the credentials it names filled in: with ``store.credentials_block`` set, the
+    saved Prefect ``AwsCredentials`` block of that name (prefect-aws) gives the access key, secret,
+    region and endpoint that the settings leave unset (``CIELR_STORE__*`` values win). The block is
+    loaded once per process from the Prefect API; its secrets stay in SecretStr fields (masked in
+    reprs, logs and the settings reference that tasks receive)."""
+    cfg = s.store
+    name = cfg.credentials_block
+    if not name:
+        return cfg
+    with _lock:
+        creds = _credentials.get(name)
+    if creds is None:
+        try:
+            from prefect_aws import AwsCredentials
+        except ImportError as e:
+            raise RuntimeError(f"store.credentials_block {name!r}: prefect-aws is not installed "
+                               f"(pip install 'cielr[aws]')") from e
+        try:
+            creds = AwsCredentials.load(name, _sync=True)
+        except ValueError as e:
+            raise ValueError(f"store.credentials_block {name!r}: no such AwsCredentials block in the Prefect API "
+                             f"({e}); save one (prefect-aws) or unset CIELR_STORE__CREDENTIALS_BLOCK") from e
+        with _lock:
+            creds = _credentials.setdefault(name, creds)
+    from pydantic import SecretStr
+
+    update: dict[str, Any] = {}
+    if cfg.key is None and creds.aws_access_key_id:
+        update["key"] = SecretStr(creds.aws_access_key_id)
+    if cfg.secret is None and creds.aws_secret_access_key is not None:
+        update["secret"] = creds.aws_secret_access_key
+    if cfg.region is None and creds.region_name:
+        update["region"] = creds.region_name
+    endpoint = getattr(creds.aws_client_parameters, "endpoint_url", None)
+    if cfg.endpoint_url is None and endpoint:
+        update["endpoint_url"] = str(endpoint)
+    return cfg.model_copy(update=update)
+
+
 def store(s: Settings) -> ArtifactStore:
+    cfg = store_config(s)
     key = sha256_json(
-        [s.store.url, s.store.endpoint_url, s.store.region, s.store.anon, s.store.key is not None]
+        [cfg.url, cfg.endpoint_url, cfg.region, cfg.anon, cfg.key is not None, cfg.credentials_block]
     )
     with _lock:
         st = _stores.get(key)
         if st is None:
-            st = _stores[key] = ArtifactStore.from_config(s.store)
+            st = _stores[key] = ArtifactStore.from_config(cfg)
         return st
 
 
@@ -128,17 +170,18 @@ def result_storage(s: Settings):
     st = store(s)
     if st.protocol == "file":
         return Path(st.root) / keys.PREFECT_PREFIX
-    if s.store.key is not None:
-        os.environ.setdefault("AWS_ACCESS_KEY_ID", s.store.key.get_secret_value())
-    if s.store.secret is not None:
-        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", s.store.secret.get_secret_value())
+    cfg = store_config(s)  # with store.credentials_block: the block's values where the settings have none
+    if cfg.key is not None:
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", cfg.key.get_secret_value())
+    if cfg.secret is not None:
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", cfg.secret.get_secret_value())
     basepath = f"s3://{st.root}/{keys.PREFECT_PREFIX}"
     opts: dict[str, Any] = {"skip_instance_cache": True}
-    if s.store.endpoint_url:
-        opts["endpoint_url"] = s.store.endpoint_url
-    if s.store.region:
-        opts["client_kwargs"] = {"region_name": s.store.region}
-    if s.store.anon:
+    if cfg.endpoint_url:
+        opts["endpoint_url"] = cfg.endpoint_url
+    if cfg.region:
+        opts["client_kwargs"] = {"region_name": cfg.region}
+    if cfg.anon:
         opts["anon"] = True
     name = "cielr-results-" + sha256_json([basepath, opts])[:20]
     with _lock:
@@ -161,3 +204,4 @@ def reset() -> None:
         _perceivers.clear()
         _llms.clear()
         _result_storages.clear()
+        _credentials.clear()
