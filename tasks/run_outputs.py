@@ -121,7 +121,7 @@ def export_dir_name(image_id: str, used: set[str]) -> str | None:
     otherwise (an invalid row's id can be anything)."""
     if not isinstance(image_id, str) or not SAFE_ID.match(image_id) or image_id in used or image_id == EXPORT_MARKER:
         return None
-    if image_id.lower() == "index.html":
+    if image_id.lower() in ("index.html", "results.parquet"):
         return None
     return image_id
 
@@ -166,15 +166,17 @@ def check_export_target(to_dir: str, source: str, force: bool) -> None:
 def export_run(st, results_key: str, to_dir: str, *, force: bool = False, thumb_rows: int = THUMB_ROWS) -> dict[str, Any]:
     """Copy run ``results_key``'s outputs into ``to_dir``: ``<image_id>/{input,edited,mask,overlay}.png,
     plan.json, trace.json, ssr.json`` (what exists), ``<image_id>/error.txt`` for a failed or invalid
-    row, ``index.html`` linking to the copies and ``export.json`` (the source and every row's folder,
+    row, ``index.html`` linking to the copies, ``results.parquet`` (as it is in the store) and ``export.json`` (the source and every row's folder,
     files, status and error). Returns export.json's content; ``missing`` lists files a row names
     that could not be read. Raises :class:`ExportError` before writing anything when ``to_dir`` is a
     different, non-empty folder and ``force`` is not set."""
     run_id = keys.run_id_of(results_key)
     source = st.uri_for(results_key)
     check_export_target(to_dir, source, force)
+    table_bytes = st.get_bytes(results_key)
     rows = st.get_table(results_key).to_pylist()
     os.makedirs(to_dir, exist_ok=True)
+    _write_file(os.path.join(to_dir, "results.parquet"), table_bytes)
     used: set[str] = set()
     names = []
     for r in rows:
@@ -222,7 +224,8 @@ def export_run(st, results_key: str, to_dir: str, *, force: bool = False, thumb_
     if unlisted:
         notes.append(f"{len(unlisted)} row(s) have no folder (their image_id is not a safe file name); "
                      "export.json lists them with their errors.")
-    page = render_index(entries, title=f"CIELR run {run_id} (export)", meta=meta, notes=notes)
+    page = render_index(entries, title=f"CIELR run {run_id} (export)", meta=meta, notes=notes,
+                        links={"results": "results.parquet"})
     _write_file(os.path.join(to_dir, "index.html"), page.encode("utf-8"))
     marker = {"source": source, "run_id": run_id, "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "rows": listing, "missing": sorted(missing)}

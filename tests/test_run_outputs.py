@@ -187,7 +187,8 @@ def test_export_layout_index_and_refusals(store, tmp_path):
     out = tmp_path / "export"
     done = export_run(store, keys.results_key("run-1"), str(out))
     assert done["missing"] == []
-    assert sorted(os.listdir(out)) == ["bowl-2", "cat-1", "dog-3", "export.json", "index.html"]
+    assert sorted(os.listdir(out)) == ["bowl-2", "cat-1", "dog-3", "export.json", "index.html", "results.parquet"]
+    assert (out / "results.parquet").read_bytes() == store.get_bytes(keys.results_key("run-1"))
     assert sorted(os.listdir(out / "cat-1")) == ["edited.png", "input.png", "mask.png", "overlay.png",
                                                  "plan.json", "ssr.json", "trace.json"]
     assert sorted(os.listdir(out / "dog-3")) == ["error.txt", "input.png"]

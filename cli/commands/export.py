@@ -9,8 +9,8 @@ from cli.commands.common import ConfigFileOpt, ProfileOpt, fail, read_config_fil
 EXPORT_HELP = (
     "Copy the outputs of one `cielr run` into DIR: DIR/<image_id>/ holds input.png, edited.png, mask.png, "
     "overlay.png, plan.json, trace.json and ssr.json (what the row has), and error.txt for a failed or invalid "
-    "row; DIR/index.html shows every row with thumbnails and links to those files; DIR/export.json lists each "
-    "row's folder, status, error and files.\n\n"
+    "row; DIR/index.html shows every row with thumbnails and links to those files; DIR/results.parquet is the "
+    "run's table; DIR/export.json lists each row's folder, status, error and files.\n\n"
     "RESULTS_URI is what `cielr run` prints last (the run's results.parquet, a path or an s3:// URL) or "
     "its run folder. S3 endpoint and credentials come from the store settings (CIELR_STORE__ENDPOINT_URL, "
     "CIELR_STORE__KEY, CIELR_STORE__SECRET, or --config).\n\n"
