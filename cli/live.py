@@ -39,6 +39,21 @@ def log_dir() -> Path:
     return Path(base) / "cielr" / "logs"
 
 
+def quiet_progress_bars(verbose: bool) -> None:
+    """No model-loading progress bars over the display (unless ``verbose``). tqdm and huggingface_hub
+    read these variables when they are imported: call this first thing in a command."""
+    if verbose:
+        return
+    for var in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        if var not in os.environ:
+            os.environ[var] = "1"
+            _env_set.append(var)
+    for name, fn in (("diffusers.utils.logging", "disable_progress_bar"),
+                     ("transformers.utils.logging", "disable_progress_bar")):
+        if name in sys.modules:  # imported already: switch their bars off directly
+            getattr(sys.modules[name], fn)()
+
+
 def logs_to_file(verbose: bool) -> Path | None:
     """Send Prefect's and the libraries' log lines to a file instead of the terminal (unless
     ``verbose``); returns the file. Tracebacks of errors land there too."""
@@ -55,9 +70,7 @@ def logs_to_file(verbose: bool) -> Path | None:
     root = logging.getLogger()
     _saved.append((list(root.handlers), {n: logging.getLogger(n).level for n in _LOGGERS}, handler))
     logging.captureWarnings(True)  # library warnings to the file too
-    if "TQDM_DISABLE" not in os.environ:  # model-loading progress bars would draw over the display
-        os.environ["TQDM_DISABLE"] = "1"
-        _env_set.append("TQDM_DISABLE")
+    quiet_progress_bars(verbose)
     for h in list(root.handlers):
         if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
             root.removeHandler(h)

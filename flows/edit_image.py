@@ -1,17 +1,30 @@
-"""`edit_image`: one image and one implicit instruction through the CIELR DAG."""
+"""`edit_image`: one image and one implicit instruction through the CIELR DAG.
+
+Every model the settings need is checked first (one message, before any stage). A failed image ends
+the flow run ``Failed`` with the error as its message and the result row as its data
+(``return_state=True`` and ``state.result(raise_on_failure=False)`` read it)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import os
+
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from prefect.states import Failed
 
 from flows.pipeline import run_image
-from tasks import runtime
+from tasks import progress, runtime
 from tasks.stages import Stages
 
 
-@flow(name="edit-image", log_prints=False)
+def _image_run_name() -> str:
+    uri = str((flow_run.parameters or {}).get("image_uri") or "image")
+    return os.path.basename(uri.rstrip("/")) or uri
+
+
+@flow(name="edit-image", log_prints=False, flow_run_name=_image_run_name)
 def edit_image(
     image_uri: str,
     instruction: str,
@@ -34,12 +47,18 @@ def edit_image(
             s3://bucket/prefix). Empty: the configured store.url.
         seed: Inpainting seed. Empty: editing.seed from the config.
     """
+    from cielr_core.preflight import check_models
+
     settings = runtime.resolve(profile, config, store)
     logger = get_run_logger()
-    row = run_image(Stages.for_settings(settings), image_id="image", image_uri=image_uri, instruction=instruction,
-                    seed=seed)
-    if row.status == "failed":
-        logger.error("edit failed: %s", row.error)
+    check_models(settings)
+    with progress.stop_on_sigterm():
+        row = run_image(Stages.for_settings(settings), image_id="image", image_uri=image_uri,
+                        instruction=instruction, seed=seed)
+    progress.clear_stop()
+    if row.status in ("failed", "cancelled"):
+        logger.error("edit %s: %s", row.status, row.error)
+        return Failed(message=f"{row.status}: {row.error}", data=row.model_dump(mode="json"))
     else:
         logger.info("%s: %s (cache hits %d/%d)", row.status, row.edited_uri, row.cache_hits, row.task_runs)
     return row.model_dump(mode="json")

@@ -18,10 +18,11 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
+from prefect.states import Failed
 
 from cielr_core.canonical import sha256_bytes
 from cielr_core.config import ProfileName
-from flows.edit_dataset import edit_dataset
+from flows.edit_dataset import BAD_STATUSES, edit_dataset, failed_fraction_message, results_uri as dataset_results_uri
 from tasks import keys, runtime
 from tasks.evaluation import edit_checks, evaluate_cache_key, evaluate_sample, from_jsonable
 from tasks.gpu import gpu_slot
@@ -47,18 +48,29 @@ def _manifest_in_store(st, rows: list[dict[str, Any]]) -> str:
     return st.uri_for(key)
 
 
-def _thumb(rgb, size: int = THUMB) -> bytes:
-    import cv2
-    import numpy as np
+def _sample_view(st, res: dict[str, Any], sample: dict[str, Any]) -> tuple[dict[str, str | None], list, dict]:
+    """What the report shows of one edited sample: thumbnails (before, after, the predicted mask, the
+    GT mask target_iou compares it with, the SSR overlay), the plan's steps with their reasons, and
+    links to the full files."""
+    from cielr_core import report
+    from cielr_core.benchmarks import load_gt_mask
+    from cielr_core.run_index import plan_steps
+    from tasks.run_outputs import file_url
 
-    from cielr_core.images import encode_png
-
-    h, w = rgb.shape[:2]
-    scale = size / max(h, w)
-    if scale < 1:
-        rgb = cv2.resize(np.ascontiguousarray(rgb), (max(1, round(w * scale)), max(1, round(h * scale))),
-                         interpolation=cv2.INTER_AREA)
-    return encode_png(rgb)
+    before = st.get_png(keys.image_key(res["image_sha256"]))
+    h, w = before.shape[:2]
+    images = {"before": report.thumbnail_data_uri(before, THUMB),
+              "after": report.thumbnail_data_uri(st.get_bytes(st.key_for(res["edited_uri"])), THUMB),
+              "mask": report.thumbnail_data_uri(st.get_mask(st.key_for(res["mask_uri"])), THUMB, mask=True)}
+    links = {"mask": file_url(res["mask_uri"])}
+    if sample.get("mask_uri"):
+        images["gt_mask"] = report.thumbnail_data_uri(load_gt_mask(sample["mask_uri"], size=(w, h)), THUMB, mask=True)
+        links["GT mask"] = file_url(sample["mask_uri"])
+    if res.get("overlay_uri"):
+        images["overlay"] = report.thumbnail_data_uri(st.get_bytes(st.key_for(res["overlay_uri"])), THUMB)
+        links["SSR overlay"] = file_url(res["overlay_uri"])
+    steps = plan_steps(st.get_bytes(st.key_for(res["plan_uri"]))) if res.get("plan_uri") else []
+    return images, steps, links
 
 
 @flow(name="evaluate")
@@ -107,13 +119,17 @@ def evaluate(
     logger.info("%s", bench.summary())
     if results_uri is None:
         manifest_uri = _manifest_in_store(st, rows)
-        results_uri = edit_dataset(manifest_uri=manifest_uri, store=store, profile=profile, config=cfg)
+        # a Failed edit_dataset (too many failed rows) still wrote its results: they are scored as failures
+        results_uri = dataset_results_uri(edit_dataset(manifest_uri=manifest_uri, store=store, profile=profile,
+                                                       config=cfg, return_state=True))
     results = {r["image_id"]: r for r in st.get_table(st.key_for(results_uri)).to_pylist()}
 
     sd = runtime.settings_ref(settings)
     task = bind(evaluate_sample, settings, cache_key=evaluate_cache_key)
     metric_rows: list[dict[str, Any]] = []
-    thumbs: dict[str, dict[str, bytes]] = {}
+    thumbs: dict[str, dict[str, str | None]] = {}
+    plans: dict[str, list[dict[str, Any]]] = {}
+    links: dict[str, dict[str, str]] = {}
     # one GPU slot (per worker) for all samples: tasks.gpu
     with gpu_slot(settings):
         for sample in rows:
@@ -123,7 +139,7 @@ def evaluate(
                     "edit_status": res["status"] if res else "missing",
                     "edited_uri": res.get("edited_uri") if res else None,
                     **edit_checks(st, res)}
-            if res is None or res["status"] in ("failed", "invalid"):
+            if res is None or res["status"] in BAD_STATUSES:
                 metric_rows.append({**base, "status": "failed",
                                     "error": (res or {}).get("error") or "no result row for this sample"})
                 continue
@@ -135,12 +151,8 @@ def evaluate(
                 continue
             metric_rows.append({**base, "status": "ok", "error": None, **from_jsonable(metrics)})
             try:
-                before = st.get_png(keys.image_key(res["image_sha256"]))
-                thumbs[sample["image_id"]] = {
-                    "before": _thumb(before),
-                    "after": _thumb(st.get_png(st.key_for(res["edited_uri"])))
-                    , "mask": _thumb((st.get_mask(st.key_for(res["mask_uri"])) * 255).astype("uint8")[..., None].repeat(3, 2)),
-                }
+                iid = sample["image_id"]
+                thumbs[iid], plans[iid], links[iid] = _sample_view(st, res, sample)
             except Exception as e:  # noqa: BLE001 - thumbnails are a convenience
                 logger.warning("no thumbnails for %s: %s", sample["image_id"], e)
 
@@ -155,8 +167,8 @@ def evaluate(
             "protocol": settings.eval.protocol, "profile": settings.profile, "run_id": run_id,
             "rejected": [f"{r['source']}: {r['error']}" for r in bench.rejected]}
     title = f"CIELR evaluation: {benchmark}"
-    md = report.render_markdown(metric_rows, meta=meta, title=title)
-    html = report.render_html(metric_rows, meta=meta, thumbnails=thumbs, title=title)
+    md = report.render_markdown(metric_rows, meta=meta, title=title, plans=plans, links=links)
+    html = report.render_html(metric_rows, meta=meta, thumbnails=thumbs, title=title, plans=plans)
     st.put_bytes(keys.eval_key(prefix, "report_md"), md.encode(), overwrite=False)
     st.put_bytes(keys.eval_key(prefix, "report_html"), html.encode(), overwrite=False)
     create_markdown_artifact(markdown=md, key="evaluate-report", description=f"evaluation of {benchmark}")
@@ -167,4 +179,13 @@ def evaluate(
                                  for t in table], key="evaluate-metrics", description="per-sample metrics")
     uri = st.uri_for(prefix)
     logger.info("report: %s", uri)
+    from tasks.refs import ResultRow
+
+    edited = [ResultRow(image_id=r["image_id"], image_uri="", instruction="",
+                        status=results[r["image_id"]]["status"] if r["image_id"] in results else "failed")
+              for r in rows]
+    failed = failed_fraction_message(edited, settings.orchestration.max_failed_fraction)
+    if failed:
+        logger.error("edits failed: %s; report in %s", failed, uri)
+        return Failed(message=f"edits: {failed}; report in {uri}", data=uri)
     return uri

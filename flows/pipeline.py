@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from tasks.progress import RunStopped
 from tasks.refs import EditRef, ImageRef, ResultRow, SSRRef, StepRef
 from tasks.stages import StageFailed, StageRecorder, Stages
 
@@ -31,10 +32,11 @@ def perceive(run: StageRecorder, stages: Stages, image: ImageRef) -> SSRRef:
 
 def run_image(stages: Stages, *, image_id: str, image_uri: str, instruction: str,
               seed: int | None = None) -> ResultRow:
-    """Process one image; always returns a result row (status ok / no_target / failed)."""
+    """Process one image; always returns a result row (status ok / no_target / failed; cancelled
+    when the run was asked to stop before it finished)."""
     sd = stages.ref
     seed = stages.settings.editing.seed if seed is None else int(seed)
-    run = StageRecorder()
+    run = StageRecorder(image_id)
     row: dict[str, Any] = {"image_id": image_id, "image_uri": image_uri, "instruction": instruction, "seed": seed}
     t0 = time.perf_counter()
     try:
@@ -63,6 +65,8 @@ def run_image(stages: Stages, *, image_id: str, image_uri: str, instruction: str
         row.update(out.model_dump(exclude={"prefix"}))
         row["error"] = None if out.status == "ok" else "; ".join(
             s.step.reason or "no target" for s in steps) or "no sub-tasks"
+    except RunStopped as e:
+        row.update(status="cancelled", error=str(e))
     except StageFailed as e:
         row.update(status="failed", error=str(e), failed_stage=e.stage)
     except Exception as e:  # noqa: BLE001 - a bug between stages must not stop the other rows

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
@@ -18,6 +19,7 @@ from prefect import Task, task
 
 from cielr_core.config import Settings
 from tasks import runtime
+from tasks.progress import check_stop
 from tasks.editing import inpaint_cache_key, inpaint_step
 from tasks.images import load_cache_key, load_image
 from tasks.options import bind, outcome
@@ -37,6 +39,22 @@ from tasks.refs import STAGES, StageCount
 from tasks.runtime import SettingsRef
 
 T = TypeVar("T")
+
+#: the image whose stages are being called (task runs are named ``segment[<image_id>]``)
+current_image: ContextVar[str | None] = ContextVar("cielr_current_image", default=None)
+
+
+def _run_name(task_name: str) -> Callable[[], str]:
+    def name() -> str:
+        image_id = current_image.get()
+        return f"{task_name}[{image_id}]" if image_id else task_name
+
+    return name
+
+
+def named(t: Task) -> Task:
+    """``t`` with its runs named after the image they work on (``segment[cie-12]``)."""
+    return t.with_options(task_run_name=_run_name(t.name))
 
 
 class StageFailed(RuntimeError):
@@ -68,29 +86,37 @@ class Stages:
         return cls(
             settings=s,
             ref=ref or runtime.settings_ref(s),
-            load=bind(load_image, s, cache_key=load_cache_key),
-            segment=bind(segment, s, cache_key=segment_cache_key),
-            detect=bind(detect, s, cache_key=detect_cache_key),
-            depth=bind(depth, s, cache_key=depth_cache_key),
-            merge=bind(merge_ssr, s, cache_key=merge_cache_key),
-            decompose=bind(decompose, s, cache_key=decompose_cache_key),
-            reason=bind(reason_step, s, cache_key=reason_step_cache_key),
-            inpaint=bind(inpaint_step, s, cache_key=inpaint_cache_key),
-            finalize=bind(finalize, s, cache_key=finalize_cache_key),
+            load=named(bind(load_image, s, cache_key=load_cache_key)),
+            segment=named(bind(segment, s, cache_key=segment_cache_key)),
+            detect=named(bind(detect, s, cache_key=detect_cache_key)),
+            depth=named(bind(depth, s, cache_key=depth_cache_key)),
+            merge=named(bind(merge_ssr, s, cache_key=merge_cache_key)),
+            decompose=named(bind(decompose, s, cache_key=decompose_cache_key)),
+            reason=named(bind(reason_step, s, cache_key=reason_step_cache_key)),
+            inpaint=named(bind(inpaint_step, s, cache_key=inpaint_cache_key)),
+            finalize=named(bind(finalize, s, cache_key=finalize_cache_key)),
         )
 
 
 class StageRecorder:
     """Calls stage tasks for one image: each call's time, whether Prefect took it from the cache,
-    and a failure raised as :class:`StageFailed` naming the stage."""
+    and a failure raised as :class:`StageFailed` naming the stage. Task runs are named after
+    ``image_id``; before each stage, a stop request (SIGTERM, cancellation) raises
+    :class:`tasks.progress.RunStopped`."""
 
-    def __init__(self) -> None:
+    def __init__(self, image_id: str | None = None) -> None:
+        self.image_id = image_id
         self.timings: dict[str, float] = defaultdict(float)
         self.counts: dict[str, list[int]] = {}  # stage -> [hits, calls], in first-call order
 
     def __call__(self, stage: str, task: Task, **params: Any) -> Any:
+        check_stop()
         t0 = time.perf_counter()
-        state = task(**params, return_state=True)
+        token = current_image.set(self.image_id)
+        try:
+            state = task(**params, return_state=True)
+        finally:
+            current_image.reset(token)
         self.timings[stage] += time.perf_counter() - t0
         count = self.counts.setdefault(stage, [0, 0])
         count[1] += 1

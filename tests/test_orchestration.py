@@ -101,6 +101,84 @@ def test_edit_dataset_local_store_end_to_end(cold_run, bench3):
             assert row[f"t_{stage}"] > 0
 
 
+def _chromium_screenshot(page: Path, out: Path, width: int = 1400, height: int = 900) -> np.ndarray:
+    """``page`` rendered by headless Chromium (Debian's ``chromium``), as an RGB array."""
+    import shutil
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("headless Chromium is not installed (apt-get install chromium)")
+    done = subprocess.run(
+        [exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--force-device-scale-factor=1",
+         f"--user-data-dir={out.parent / 'chromium-profile'}", f"--window-size={width},{height}",
+         f"--screenshot={out}", page.resolve().as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert out.is_file(), f"chromium wrote no screenshot: {done.stderr[-2000:]}"
+    return np.asarray(Image.open(out).convert("RGB"))
+
+
+def _found_at(shot: np.ndarray, data_uri: str) -> tuple[int, int] | None:
+    """Where a thumbnail (a data: URI of the page) is drawn in the screenshot, or None."""
+    import base64
+
+    import cv2
+
+    thumb = np.asarray(Image.open(io.BytesIO(base64.b64decode(data_uri.split(",", 1)[1]))).convert("RGB"))
+    res = cv2.matchTemplate(shot, thumb, cv2.TM_CCOEFF_NORMED)
+    _, best, _, (x, y) = cv2.minMaxLoc(res)
+    return (x, y) if best > 0.95 else None
+
+
+def test_index_html_of_the_run_shows_every_row_with_its_images_in_chromium(cold_run, bench3, tmp_path):
+    """runs/<run_id>/index.html beside results.parquet: opened as file:// in headless Chromium, the
+    screenshot shows the 3 rows, each with its input, edited and overlay thumbnails; its links reach
+    the store's files; `cielr export` copies the outputs into DIR/<image_id>/."""
+    from html.parser import HTMLParser
+
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    store_url, _, uri = cold_run
+    _, _, inputs = bench3
+    page = Path(uri).with_name("index.html")
+    assert page.is_file(), "the run writes index.html beside results.parquet"
+
+    class Parse(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.rows, self.imgs, self.links = [], [], []
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if tag == "tr" and (a.get("id") or "").startswith("row-"):
+                self.rows.append(a["id"])
+            elif tag == "img":
+                self.imgs.append(a)
+            elif tag == "a" and not a["href"].startswith("#"):
+                self.links.append(a["href"])
+
+    p = Parse()
+    p.feed(page.read_text())
+    assert len(p.rows) == 3
+    for h in p.links:
+        assert (page.parent / h).resolve().is_file(), h
+    shot = _chromium_screenshot(page, tmp_path / "index.png")
+    for kind in ("before", "after", "SSR overlay"):
+        thumbs = [a["src"] for a in p.imgs if a["alt"] == kind]
+        assert len(thumbs) == 3, kind
+        where = [_found_at(shot, t) for t in thumbs]
+        assert all(where), f"{kind} thumbnails not all on screen: {where}"
+        assert len({y for _, y in where}) == 3, f"{kind}: one per row, in three rows: {where}"
+
+    res = CliRunner().invoke(app, ["export", uri, "--to", str(tmp_path / "export")])
+    assert res.exit_code == 0, res.output
+    for r in inputs:
+        have = set(os.listdir(tmp_path / "export" / r["image_id"]))
+        assert {"edited.png", "mask.png", "overlay.png", "plan.json", "trace.json"} <= have, have
+    assert (tmp_path / "export" / "index.html").is_file()
+
+
 def test_second_run_is_all_cached_without_loading_models(cold_run, bench3):
     from flows.edit_dataset import edit_dataset
 
@@ -206,15 +284,17 @@ def test_transient_store_failure_is_retried_and_bad_image_is_not(prefect_harness
     monkeypatch.setattr(ti, "decode_image", counting_decode)
     bad = tmp_path / "corrupt.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
-    row = edit_image(image_uri=str(bad), instruction="remove the cup", profile="tiny",
-                     config=_config(tiny_models_dir), store=str(tmp_path / "store"))
+    state = edit_image(image_uri=str(bad), instruction="remove the cup", profile="tiny",
+                       config=_config(tiny_models_dir), store=str(tmp_path / "store"), return_state=True)
+    assert state.is_failed(), "a failed image fails the edit-image flow run"
+    row = state.result(raise_on_failure=False)
     assert row["status"] == "failed" and row["failed_stage"] == "load"
     assert "corrupt.png" in row["error"]
     assert calls["load"] == 1, "bad input must not be retried"
 
 
 def test_bad_rows_are_reported_and_the_rest_completes(prefect_harness, tiny_models_dir, bench3, tmp_path):
-    from flows.edit_dataset import edit_dataset
+    from flows.edit_dataset import edit_dataset, results_uri
 
     folder, _, inputs = bench3
     images = folder / "images"
@@ -233,7 +313,11 @@ def test_bad_rows_are_reported_and_the_rest_completes(prefect_harness, tiny_mode
     ]
     manifest = write_manifest(rows, str(folder / "bad-manifest.parquet"))
     store_url = str(tmp_path / "store")
-    uri = edit_dataset(manifest_uri=manifest, store=store_url, profile="tiny", config=_config(tiny_models_dir))
+    state = edit_dataset(manifest_uri=manifest, store=store_url, profile="tiny", config=_config(tiny_models_dir),
+                         return_state=True)
+    # failed and invalid rows fail the run (orchestration.max_failed_fraction 0), results written all the same
+    assert state.is_failed() and "2 failed, 4 invalid of 7 rows" in state.message, state
+    uri = results_uri(state)
     by_id: dict[str, list[dict]] = {}
     for r in _rows(ArtifactStore(store_url), uri):
         by_id.setdefault(r["image_id"], []).append(r)

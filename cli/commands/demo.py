@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from cli.commands.common import VerboseOpt
+
 SKIMAGE_SAMPLES = [
     ("chelsea", "chelsea", "remove the animal that likes to chase mice"),
     ("coffee", "coffee", "replace the drink that keeps people awake with a glass of orange juice"),
@@ -57,15 +59,20 @@ def register(app: typer.Typer) -> None:
         folder: str = typer.Option("cielr-demo", "--dir", help="where the demo writes its inputs, store and outputs"),
         ciebench: Optional[str] = typer.Option(None, "--ciebench", help="use the first N CIEBench samples from this folder"),
         n: int = typer.Option(3, "-n", help="number of images"),
+        verbose: bool = VerboseOpt,
     ) -> None:
         """Make tiny models if missing, write a small manifest of real photos, run edit_dataset on the
-        embedded defaults (ephemeral Prefect API, local store) and say where the outputs are."""
+        embedded defaults (ephemeral Prefect API, local store) and say where the outputs are. Exit codes
+        as `cielr run`'s."""
+        from cli.live import quiet_progress_bars
+
+        quiet_progress_bars(verbose)
         from rich.console import Console
         from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         from cielr_core.config import load_settings
         from cielr_core.tiny import FAMILIES, is_complete, make
-        from cli.commands.run import summarize_results
+        from cli.commands.run import run_dataset_flow, summarize_results
 
         console = Console(stderr=True)
         settings = load_settings(profile="tiny")
@@ -85,10 +92,9 @@ def register(app: typer.Typer) -> None:
         config = {"limits": {"allowed_input_roots": [str(root / "images")]}}
         from flows.edit_dataset import edit_dataset
 
-        with Progress(*columns, console=console, transient=True) as progress:
-            progress.add_task(f"running edit_dataset over {len(rows)} images (tiny models, CPU)", total=None)
-            uri = edit_dataset(manifest_uri=str(manifest), store=store, profile="tiny", config=config)
-        summarize_results(uri, store, "tiny", config)
+        uri = run_dataset_flow(edit_dataset, f"edit_dataset over {len(rows)} images (tiny models, CPU)", verbose,
+                               manifest_uri=str(manifest), store=store, profile="tiny", config=config)
+        code = summarize_results(uri, store, "tiny", config)
         console.print(f"store (SSRs, masks, traces, edited images): {store}")
         from tasks.keys import OUTPUT_FILES, OUTPUT_LAYOUT
 
@@ -96,3 +102,4 @@ def register(app: typer.Typer) -> None:
                       "(paths per row in results.parquet)")
         console.print(NOTE, style="yellow")
         typer.echo(uri)
+        raise typer.Exit(code)

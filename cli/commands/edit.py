@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cli.commands.common import ConfigFileOpt, ProfileOpt, fail, read_config_file
+from cli.commands.common import ConfigFileOpt, ProfileOpt, VerboseOpt, fail, flow_error, read_config_file
 
 OUTPUTS = ("edited.png", "mask.png", "overlay.png", "ssr.json", "plan.json", "trace.json")
 
@@ -22,21 +22,30 @@ def register(app: typer.Typer) -> None:
         store: Optional[str] = typer.Option(None, "--store", "-s", help="artifact store URL (cache and outputs)"),
         out: str = typer.Option("cielr-out", "--out", "-o", help="folder to copy the outputs into"),
         seed: Optional[int] = typer.Option(None, "--seed", help="inpainting seed (default from config)"),
+        verbose: bool = VerboseOpt,
     ) -> None:
         """Perceive -> reason -> edit one image; writes edited.png, mask.png, overlay.png, ssr.json, plan.json,
-        trace.json into --out. mask.png is exactly the region allowed to differ from the input."""
+        trace.json into --out. mask.png is exactly the region allowed to differ from the input.
+
+        Exit codes: 0 edited (or no target found); 1 the image failed; 2 a usage or configuration error
+        (missing model, bad option) before any stage."""
+        from cli.live import run_console
         from flows.edit_image import edit_image
         from tasks import runtime
 
         config = read_config_file(config_file)
         if "://" not in image:
             image = os.path.abspath(image)
-        try:
-            row = edit_image(image_uri=image, instruction=instruction, profile=profile, config=config,
-                             store=store, seed=seed)
-        except Exception as e:  # noqa: BLE001
-            raise fail(f"{type(e).__name__}: {e}") from e
-        if row["status"] == "failed":
+        with run_console("edit_image", verbose, rows=False):
+            try:
+                state = edit_image(image_uri=image, instruction=instruction, profile=profile, config=config,
+                                   store=store, seed=seed, return_state=True)
+                row = state.result(raise_on_failure=False)
+                if isinstance(row, BaseException):
+                    raise row
+            except Exception as e:  # noqa: BLE001 - the message here, the traceback in the log
+                raise flow_error(e) from None
+        if row["status"] in ("failed", "cancelled"):
             raise fail(row["error"])
         st = runtime.store(runtime.resolve(profile, config, store))
         os.makedirs(out, exist_ok=True)
