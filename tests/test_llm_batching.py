@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
+from conftest import tiny_family
 from pydantic import BaseModel, Field
 
 from cielr_core.config import load_settings
 from cielr_core.reasoning import AnswerParseError, make_llm
-from tests.conftest import tiny_family
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from llm_endpoint import LLMEndpoint  # noqa: E402
+from llm_endpoint import LLMEndpoint
 
 
 class Pick(BaseModel):
@@ -157,3 +157,4 @@ def test_llm_concurrency_settings_refuse_nonsense(bad):
         load_settings(overrides={"llm": {"max_concurrency": bad}})
     with pytest.raises(ValidationError, match="max_batch_size"):
         load_settings(overrides={"llm": {"max_batch_size": bad}})
+
