@@ -12,8 +12,9 @@ cache keys, persistence, retries); the API calls them in the same order as flows
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -37,7 +37,7 @@ def test_the_store_reaches_s3_with_the_blocks_credentials_and_endpoint(block_set
     from tasks import runtime
     from tasks.images import read_uri
 
-    s, name, bucket = block_settings
+    s, _, bucket = block_settings
     assert s.store.endpoint_url is None and s.store.key is None  # only the block has them
     st = runtime.store(s)
     assert st.fs.key == KEY and st.fs.secret == SECRET
@@ -61,7 +61,7 @@ def test_explicit_settings_win_over_the_block_and_a_missing_block_is_named(block
 
     from tasks import runtime
 
-    s, name, _ = block_settings
+    s, _, _ = block_settings
     s2 = s.model_copy(update={"store": s.store.model_copy(update={"key": SecretStr("ENVKEY")})})
     assert runtime.store_config(s2).key.get_secret_value() == "ENVKEY"
     assert runtime.store_config(s2).secret.get_secret_value() == SECRET
