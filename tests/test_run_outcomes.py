@@ -195,8 +195,34 @@ def test_sigterm_stops_the_run_keeps_finished_rows_and_cancels_the_rest(prefect_
     assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.default_int_handler) or \
         not getattr(signal.getsignal(signal.SIGTERM), "__module__", "").startswith("tasks.")
 
+    # a cancellation in Prefect (what the UI's Cancel button sets) stops the run the same way
+    from prefect.runtime import flow_run
+    from prefect.states import Cancelling
+
+    class CancelOnFirstRow:
+        sent = False
+        run_id = None
+
+        def run_started(self, total, rejected, name):
+            self.run_id = flow_run.id  # the edit-dataset run (rows finish inside chunk subflows)
+
+        def row_finished(self, row):
+            if not self.sent:
+                self.sent = True
+                with get_client(sync_client=True) as client:
+                    client.set_flow_run_state(self.run_id, Cancelling(message="cancelled by the test"), force=True)
+                deadline = time.monotonic() + 60
+                while progress.stop_requested() is None and time.monotonic() < deadline:
+                    time.sleep(0.1)  # the run's cancellation watch polls the API
+
+    with progress.listening(CancelOnFirstRow()):
+        state = edit_dataset(manifest_uri=manifest, store=str(store), profile="tiny", config=cfg, chunk_size=1,
+                             return_state=True)
+    assert state.type.value == "CANCELLED" and "cancelled in Prefect" in state.message, state
+    assert [r["status"] for r in _rows(results_uri(state))] == ["failed", "cancelled", "cancelled"]
+
     with get_client(sync_client=True) as client:
         named = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=[f"load-image[gone-{tag}]"])))
-        assert len(named) == 1, "task runs are named after their image"
+        assert len(named) == 2, "task runs are named after their image (one load in each of the two runs)"
         chunk = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["chunk 0: rows 0-0"])))
         assert chunk, "chunk subflows say which rows they hold"
