@@ -233,8 +233,8 @@ def as_rgb(img: Any) -> np.ndarray:
 __all__ = [
     "BadImageError",
     "as_rgb",
-    "check_size",
     "check_rgb",
+    "check_size",
     "decode_image",
     "decode_image_file",
     "decode_png",

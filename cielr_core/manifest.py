@@ -184,13 +184,10 @@ def coerce_row(raw: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     v = rec.get("seed")
     if v is not None:
         seed: int | None = None
-        if isinstance(v, bool):
-            seed = None
-        elif isinstance(v, int):
+        if isinstance(v, int) and not isinstance(v, bool):
             seed = v
-        elif isinstance(v, float) and math.isfinite(v) and v.is_integer():
-            seed = int(v)
-        elif isinstance(v, str) and re.fullmatch(r"\s*\d{1,19}\s*", v):
+        elif (isinstance(v, float) and math.isfinite(v) and v.is_integer()) or (
+                isinstance(v, str) and re.fullmatch(r"\s*\d{1,19}\s*", v)):
             seed = int(v)
         if seed is None or not 0 <= seed < 2**63:
             return rec, f"seed must be a non-negative integer, got {_type_name(v)} {_short(v)}"

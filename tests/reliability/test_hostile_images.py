@@ -17,7 +17,7 @@ from cielr_core.files import UnreadableFileError, read_regular_file
 from cielr_core.images import BadImageError, check_size, decode_image, decode_image_file
 from reliability.hostile import exif_rotated_jpeg, write_images
 
-LIMITS = dict(max_pixels=40_000_000, max_bytes=100 * 1024 * 1024, min_side=32, max_aspect=20.0)
+LIMITS = {"max_pixels": 40_000_000, "max_bytes": 100 * 1024 * 1024, "min_side": 32, "max_aspect": 20.0}
 
 
 def _in_thread(fn, timeout: float = 10.0):

@@ -136,7 +136,7 @@ def test_unusable_manifests_are_one_clear_error(tmp_path):
     for name, (path, message) in cases.items():
         box: dict = {}
 
-        def run(path=path):
+        def run(path=path, box=box):
             try:
                 load_manifest(str(path), s)
             except BaseException as e:  # noqa: BLE001
