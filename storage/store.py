@@ -12,6 +12,7 @@ Errors name the store URL (never credentials) and the cause.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -85,6 +86,8 @@ def _is_transient(exc: BaseException) -> bool:
         seen.add(id(exc))
         name = type(exc).__name__
         if any(n in name for n in _TRANSIENT_NAMES) or isinstance(exc, (ConnectionError, TimeoutError)):
+            return True
+        if isinstance(exc, OSError) and exc.errno in (errno.EBUSY, errno.EAGAIN):  # s3fs: SlowDown, throttling
             return True
         text = str(exc)
         if any(n in text for n in ("SlowDown", "ServiceUnavailable", "503", "500 Internal")):
@@ -209,7 +212,11 @@ class ArtifactStore:
                 cause = cause.replace(s, "***")
         if isinstance(exc, FileNotFoundError):
             return ArtifactNotFound(f"store {self.display_url}: {what}: no such object")
-        return StoreError(f"store {self.display_url}: {what} failed: {cause}", transient=_is_transient(exc))
+        transient = _is_transient(exc)
+        hint = ""
+        if transient and self.protocol == "s3":
+            hint = " (transient: still failing after the S3 client's own retries)"
+        return StoreError(f"store {self.display_url}: {what} failed: {cause}{hint}", transient=transient)
 
     # -- health -----------------------------------------------------------------------------------
     def check(self, *, create: bool = True) -> None:
