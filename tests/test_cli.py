@@ -170,6 +170,14 @@ def test_eval_writes_metrics_and_a_report(prefect_harness, tiny_models_dir, cieb
     md = st.get_bytes(f"{prefix}/report.md").decode()
     assert "<html" in html.lower() and "data:image/png;base64" in html
     assert "psnr" in md.lower()
+    # each evaluated sample: its predicted mask beside the GT mask target_iou compares, the SSR overlay,
+    # the plan's steps with their reasons (report.md: a plan column, links to the masks and overlay)
+    evaluated = [r for r in rows if r["status"] == "ok"]
+    assert evaluated
+    for alt in ("mask", "GT mask", "SSR overlay"):
+        assert html.count(f'alt="{alt}"') == len(evaluated), alt
+    assert "target_iou</code> is their IoU" in html and '<ol class="plan">' in html
+    assert "| plan (steps and reasons) | files |" in md and md.count("[GT mask](<file://") == len(evaluated)
     # the edit judge's outcome travels from results.parquet and trace.json into every metrics row; the
     # tiny profile does not verify, so every edited sample is "not checked", one not-checked step per edited step
     results_uri = next(ln.split(": ", 1)[1] for ln in md.splitlines() if ln.startswith("- **results_uri**: "))
