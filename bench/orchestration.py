@@ -2,20 +2,24 @@
 
 Every stage task of ``tasks.stages.Stages`` is replaced by a task that does (almost) nothing but
 returns a reference of the right shape, bound with the SAME run options as the real stages (cache
-key function, result storage on the artifact store, retries, timeout, GPU tag). So the figures are
+key function, result storage on the artifact store, retries, timeout). So the figures are
 what Prefect and our orchestration cost per image: task-run bookkeeping against the API, cache-key
 computation, result persistence, chunk subflows, artifacts and results.parquet.
 
     python bench/orchestration.py --sizes 100 1000          # cold run, then a fully cached re-run
     python bench/orchestration.py --sizes 100 --no-write    # just print
+    python bench/orchestration.py --api ephemeral server-postgres --sizes 100 1000
 
-Each size runs in its own subprocess (fresh ephemeral Prefect API, fresh store), so peak RSS is per
-size. Results are appended to docs/benchmarks.md.
+Each size runs in its own subprocesses (fresh store; with the ephemeral API a fresh database), so
+peak RSS is per size. ``--api server-postgres`` starts a private PostgreSQL cluster and a
+`prefect server` on it (bench/services.py) and runs every size against that server. Results are
+appended to docs/benchmarks.md unless --no-write.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -94,7 +98,7 @@ def _noop_stages(settings, ref=None):
         return StepRef(step=step, ssr=ssr, trace_key=keys.step_trace_key(ssr.digest))
 
     @task(name="inpaint-step")
-    def inpaint(image: ImageRef, step: StepRef, settings, seed: int) -> EditRef:
+    def inpaint(image: ImageRef, step: StepRef, settings, seed: int, instruction: str | None = None) -> EditRef:
         return EditRef(image=image.model_copy(update={"sha": sha256_json([image.sha, seed])}),
                        mask_key=keys.edit_mask_key(image.sha), skipped=False, backend="noop")
 
@@ -118,7 +122,10 @@ def child(n: int, workdir: Path, chunk_size: int, phase: str) -> dict:
 
     import psutil
 
-    os.environ["PREFECT_HOME"] = str(workdir / "prefect-home")
+    if not os.environ.get("PREFECT_API_URL"):  # ephemeral API: its SQLite database lives in the workdir
+        os.environ["PREFECT_HOME"] = str(workdir / "prefect-home")
+        # a loaded machine can take minutes to start the ephemeral server
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "600")
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
@@ -127,6 +134,9 @@ def child(n: int, workdir: Path, chunk_size: int, phase: str) -> dict:
     from tasks import stages
 
     stages.Stages.for_settings = classmethod(lambda cls, s, ref=None: _noop_stages(s, ref))
+    import cielr_core.preflight as preflight
+
+    preflight.check_models = lambda *a, **k: None  # no-op stages need no model
     images = workdir / "images"
     manifest = str(workdir / "manifest.parquet")
     if phase == "cold":
@@ -143,19 +153,33 @@ def child(n: int, workdir: Path, chunk_size: int, phase: str) -> dict:
     samples: list[int] = []
     stop = threading.Event()
 
+    t_start = [time.perf_counter()]
+    results_dir = Path(store) / "prefect"
+
     def sample():
+        last = 0.0
         while not stop.is_set():
             samples.append(proc.memory_info().rss)
+            now = time.perf_counter()
+            if now - last >= 30:  # a progress line for long runs: elapsed, RSS, stage results written
+                last = now
+                try:
+                    written = sum(1 for _ in os.scandir(results_dir))
+                except OSError:
+                    written = 0
+                print(json.dumps({"elapsed_s": round(now - t_start[0]), "rss_mb": round(samples[-1] / 2**20),
+                                  "task_results": written, "images_done_approx": written // 9,
+                                  "load_1m": round(os.getloadavg()[0], 1)}), file=sys.stderr, flush=True)
             stop.wait(0.25)
 
-    # warm the ephemeral API first so its start-up is not billed to the first run
+    # warm the API (the ephemeral one starts here) so its start-up is not billed to the first run
     from prefect import flow
 
     flow(lambda: None, name="warm-up")()
     rss_start = proc.memory_info().rss
     t = threading.Thread(target=sample, daemon=True)
     t.start()
-    t0 = time.perf_counter()
+    t0 = t_start[0] = time.perf_counter()
     uri = edit_dataset(manifest_uri=manifest, store=store, chunk_size=chunk_size)
     wall = time.perf_counter() - t0
     stop.set()
@@ -192,32 +216,99 @@ def write_section(results: list[dict], chunk_size: int) -> None:
         "",
         f"## Orchestration overhead (bench/orchestration.py), {dt.date.today().isoformat()}",
         "",
-        f"Machine: {machine()}. Python {platform.python_version()}, Prefect {prefect.__version__}, ephemeral API "
-        f"(SQLite), local store, chunk size {chunk_size}. All nine stage tasks per image are no-ops bound with the "
-        "real run options (content cache key, results persisted to the store, retries, timeout, GPU tag), so "
-        "this is the orchestration cost alone; real stage compute comes on top.",
+        f"Machine: {machine()}. Python {platform.python_version()}, Prefect {prefect.__version__}, local store, "
+        f"chunk size {chunk_size}. All nine stage tasks per image are no-ops bound with the real run options "
+        "(content cache key, results persisted to the store, retries, timeout), so this is the orchestration "
+        "cost alone; real stage compute comes on top. API: ephemeral (in-process default, SQLite), or a "
+        "dedicated `prefect server` on SQLite or PostgreSQL (a private cluster started by the benchmark).",
         "",
         "The cached re-run is a new process on the same store and Prefect database (as a later nightly run); "
-        "its wall time excludes the ephemeral API's start-up.",
+        "wall times exclude the API's start-up.",
         "",
-        "| images | rows ok | cold run s | cold s/image | cached re-run s | cached s/image | cached / cold | cache hits | RSS start MB | RSS after cold MB | peak RSS MB |",
+        "| API | images | rows ok | cold run s | cold s/image | cached re-run s | cached s/image | cache hits | "
+        "client RSS start / after cold / peak MB | server RSS cold / cached MB | load avg (1 min) cold / cached |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        lines.append(f"| {r['n']} | {r['ok']} | {r['cold_s']} | {r['cold_per_image_s']} | {r['cached_s']} | "
-                     f"{r['cached_per_image_s']} | {r['cached_fraction']} | {r['cached_hits']} | {r['rss_start_mb']} | "
-                     f"{r['rss_after_cold_mb']} | {r['rss_peak_mb']} |")
+        lines.append(f"| {r['api']} | {r['n']} | {r['ok']} | {r['cold_s']} | {r['cold_per_image_s']} | {r['cached_s']} | "
+                     f"{r['cached_per_image_s']} | {r['cached_hits']} | {r['rss_start_mb']} / "
+                     f"{r['rss_after_cold_mb']} / {r['rss_peak_mb']} | {r['server_rss_mb']} | {r['load']} |")
     path = REPO / "docs" / "benchmarks.md"
     with open(path, "a") as f:
         f.write("\n".join(lines) + "\n")
     print(f"appended to {path}")
 
 
+API_KINDS = ("ephemeral", "server-sqlite", "server-postgres")
+
+
+@contextlib.contextmanager
+def api_env(api: str):
+    """(environment for the child processes, pid of the server process or None)."""
+    if api == "ephemeral":
+        yield {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}, None
+        return
+    from bench.services import postgres, prefect_server
+
+    with contextlib.ExitStack() as stack:
+        db = stack.enter_context(postgres()) if api == "server-postgres" else None
+        d = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cielr-bench-server-")))
+        server = stack.enter_context(prefect_server(d, db))
+        yield {**os.environ, **server.env}, server.pid
+
+
+def _server_rss_mb(pid: int | None) -> int | None:
+    if pid is None:
+        return None
+    import psutil
+
+    try:
+        p = psutil.Process(int(pid))
+        return round(sum(q.memory_info().rss for q in [p, *p.children(recursive=True)]) / 2**20)
+    except psutil.Error:
+        return None
+
+
+def run_size(n: int, chunk_size: int, api: str, env: dict, server_pid, phases_to_run=("cold", "cached"),
+             log_dir: Path | None = None) -> dict:
+    with tempfile.TemporaryDirectory(prefix="cielr-bench-orch-") as d:
+        phases = {}
+        for phase in phases_to_run:
+            err_path = (log_dir or Path(d)) / f"orchestration-{api}-{n}-{phase}.log"
+            with open(err_path, "w") as err:
+                out = subprocess.run([sys.executable, __file__, "--child", str(n), "--workdir", d, "--phase", phase,
+                                      "--chunk-size", str(chunk_size)], stdout=subprocess.PIPE, stderr=err, text=True,
+                                     cwd=REPO, env=env)
+            if out.returncode != 0:
+                sys.exit(f"size {n} ({api}, {phase}) failed:\n{err_path.read_text()[-4000:]}")
+            phases[phase] = json.loads(out.stdout.strip().splitlines()[-1])
+            phases[phase]["server_rss_mb"] = _server_rss_mb(server_pid)
+            phases[phase]["load_avg_1m"] = round(os.getloadavg()[0], 1)
+            print(json.dumps({"api": api, **phases[phase]}), flush=True)
+    c, w = phases["cold"], phases.get("cached")
+    if w is None:  # cold run only
+        w = {k: "-" for k in c}
+        w["wall_s"] = None
+    return {
+        "api": api, "n": n, "cold_s": c["wall_s"], "cold_per_image_s": c["per_image_s"], "cached_s": w["wall_s"],
+        "cached_per_image_s": w["per_image_s"],
+        "cached_hits": f"{w['cache_hits']}/{w['task_runs']}", "ok": f"{c['ok_rows']}/{n}",
+        "rss_start_mb": c["rss_start_mb"], "rss_after_cold_mb": c["rss_end_mb"], "rss_peak_mb": c["rss_peak_mb"],
+        "server_rss_mb": f"{c['server_rss_mb']} / {w['server_rss_mb']}" if c.get("server_rss_mb") else "-",
+        "load": f"{c['load_avg_1m']} / {w['load_avg_1m']}",
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
     ap.add_argument("--chunk-size", type=int, default=50)
+    ap.add_argument("--api", nargs="+", default=["ephemeral"], choices=API_KINDS,
+                    help="ephemeral: the in-process default (SQLite); server-sqlite / server-postgres: a dedicated "
+                    "`prefect server` (on PostgreSQL, a private cluster started here)")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--cold-only", action="store_true", help="skip the cached re-run (for the longest sizes)")
+    ap.add_argument("--log-dir", help="keep each child's stderr (progress lines every 30 s) here")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     ap.add_argument("--phase", default="cold", help=argparse.SUPPRESS)
@@ -226,23 +317,13 @@ def main() -> None:
         print(json.dumps(child(a.child, Path(a.workdir), a.chunk_size, a.phase)))
         return
     results = []
-    for n in a.sizes:
-        with tempfile.TemporaryDirectory(prefix="cielr-bench-orch-") as d:
-            phases = {}
-            for phase in ("cold", "cached"):
-                out = subprocess.run([sys.executable, __file__, "--child", str(n), "--workdir", d, "--phase", phase,
-                                      "--chunk-size", str(a.chunk_size)], capture_output=True, text=True, cwd=REPO)
-                if out.returncode != 0:
-                    sys.exit(f"size {n} ({phase}) failed:\n{out.stderr[-4000:]}")
-                phases[phase] = json.loads(out.stdout.strip().splitlines()[-1])
-                print(json.dumps(phases[phase]), flush=True)
-            c, w = phases["cold"], phases["cached"]
-            results.append({
-                "n": n, "cold_s": c["wall_s"], "cold_per_image_s": c["per_image_s"], "cached_s": w["wall_s"],
-                "cached_per_image_s": w["per_image_s"], "cached_fraction": round(w["wall_s"] / c["wall_s"], 3),
-                "cached_hits": f"{w['cache_hits']}/{w['task_runs']}", "ok": f"{c['ok_rows']}/{n}",
-                "rss_start_mb": c["rss_start_mb"], "rss_after_cold_mb": c["rss_end_mb"], "rss_peak_mb": c["rss_peak_mb"],
-            })
+    for api in a.api:
+        with api_env(api) as (env, server_pid):
+            for n in a.sizes:
+                results.append(run_size(n, a.chunk_size, api, env, server_pid,
+                                        ("cold",) if a.cold_only else ("cold", "cached"),
+                                        Path(a.log_dir) if a.log_dir else None))
+                print("RESULT " + json.dumps(results[-1]), flush=True)
     if not a.no_write:
         write_section(results, a.chunk_size)
 
