@@ -1,9 +1,10 @@
 """How every stage task is run: content-digest cache keys, result storage on our store, retries
-with exponential backoff and jitter on transient errors only, and a timeout (no tag: the GPU is guarded per chunk, see tasks.gpu); and the
-one way to read how a task run ended (:func:`outcome`)."""
+with exponential backoff and jitter on transient errors only, and a timeout (no tag: the GPU is
+guarded per chunk, see tasks.gpu); and the one way to read how a task run ended (:func:`outcome`)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 from prefect import Task
@@ -59,6 +60,27 @@ def retry_only_transient(task: Task, task_run: Any, state: Any) -> bool:
     return is_transient(exc)
 
 
+class _ThreadTimeoutNotice(logging.Filter):
+    """Drops Prefect's per-task-run warning that a timeout cannot interrupt a task running in a worker
+    thread (the images in flight run their stage tasks in threads): said on every task run, it cost a
+    log record sent to the API per stage. The timeout still takes effect once the blocking call
+    returns."""
+
+    PREFIX = "Timeout of %s seconds configured for this task, but the task is running in a worker thread"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith(self.PREFIX))
+
+
+_thread_timeout_notice = _ThreadTimeoutNotice()
+
+
+def quiet_thread_timeout_notice() -> None:
+    logger = logging.getLogger("prefect.task_runs")
+    if _thread_timeout_notice not in logger.filters:
+        logger.addFilter(_thread_timeout_notice)
+
+
 def bind(
     task: Task,
     settings: Settings,
@@ -71,6 +93,7 @@ def bind(
 
     No tags: a task-run tag costs a concurrency-slot request per task run (1.3-1.8 s each where the
     tag has a limit); GPU exclusivity is paid once per chunk instead (tasks.gpu.gpu_slot)."""
+    quiet_thread_timeout_notice()
     orch = settings.orchestration
     opts: dict[str, Any] = dict(
         retries=orch.retries,

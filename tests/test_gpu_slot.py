@@ -187,3 +187,39 @@ def test_cielr_deploy_creates_or_updates_the_global_limit(prefect_harness, limit
     with get_client(sync_client=True) as client:
         got = client.read_global_concurrency_limit_by_name(name)
     assert got.limit == limit and got.active
+
+
+def test_stage_tasks_in_worker_threads_send_no_per_run_timeout_warning(prefect_harness, tiny_settings, caplog):
+    """Images in flight call stage tasks from threads; Prefect's per-run notice that a timeout cannot
+    interrupt a thread (a log record sent to the API per stage) is dropped, other task logs are not."""
+    import contextvars
+    import logging
+
+    from prefect import flow, get_run_logger, task
+
+    from tasks.options import bind
+
+    @task(name="noisy")
+    def noisy(i: int) -> int:
+        get_run_logger().warning("stage %d says something", i)
+        return i
+
+    t = bind(noisy, tiny_settings, cache_key=None)
+    assert t.timeout_seconds
+
+    @flow(name="timeout-notice")
+    def run() -> list[int]:
+        out: list[int] = []
+        th = [threading.Thread(target=contextvars.copy_context().run, args=(lambda i=i: out.append(t(i=i)),))
+              for i in range(2)]
+        for x in th:
+            x.start()
+        for x in th:
+            x.join(60)
+        return sorted(out)
+
+    with caplog.at_level(logging.WARNING):
+        assert run() == [0, 1]
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("says something" in m for m in messages) == 2, messages
+    assert not [m for m in messages if "running in a worker thread" in m], messages
