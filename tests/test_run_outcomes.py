@@ -71,6 +71,17 @@ def test_a_missing_model_stops_the_run_before_any_row_with_one_message_and_exit_
     # no row was attempted: nothing loaded, stored or written for any row
     assert not (store2 / "runs").exists() and not list(store2.glob("images/*")), list(store2.rglob("*"))[:10]
 
+    # the flow checks too (a deployment has no CLI in front of it): Failed before any row, never retried
+    from cielr_core.preflight import ModelsUnavailable
+    from flows.edit_dataset import edit_dataset, results_uri
+
+    cfg = {"limits": {"allowed_input_roots": [str(ciebench_dir)]}}
+    state = edit_dataset(manifest_uri=str(manifest), store=str(store2), config=cfg, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(ModelsUnavailable, match="sam2 model 'facebook/sam2.1-hiera-large' is not available"):
+        results_uri(state)
+    assert not (store2 / "runs").exists()
+
 
 def test_the_missing_model_check_names_each_kinds_own_setting(tiny_models_dir, tmp_path, monkeypatch):
     from cielr_core import preflight

@@ -77,7 +77,9 @@ def with_allowed_roots(config: dict[str, Any] | None, manifest: str, dirs: list[
 def check_manifest_roots(manifest: str, store: str | None, profile: str | None, config: dict[str, Any] | None,
                          limit: int | None) -> None:
     """For a local manifest: its errors (missing, not Parquet, missing columns) now, with exit code 2,
-    and how many rows are outside the allowed input roots, with how to allow them."""
+    how many rows are outside the allowed input roots, with how to allow them, and the models the
+    valid rows need (a missing one: exit 2 before Prefect starts; the flow checks again for
+    deployments)."""
     if "://" in manifest and not manifest.startswith("file://"):
         return
     from cielr_core.manifest import ManifestError
@@ -97,6 +99,13 @@ def check_manifest_roots(manifest: str, store: str | None, profile: str | None, 
         typer.echo(f"note: {len(outside)} of {total} rows reference images outside the allowed input roots "
                    f"(limits.allowed_input_roots; default: the manifest's folder) and will be invalid; allow them "
                    f"with --allow-root {common} (repeatable) or CIELR_LIMITS__ALLOWED_INPUT_ROOTS", err=True)
+    if m.rows:
+        from cielr_core.preflight import ModelsUnavailable, check_models
+
+        try:
+            check_models(settings)
+        except ModelsUnavailable as e:
+            raise fail(str(e), 2) from e
 
 
 def run_dataset_flow(flow_fn: Any, title: str, verbose: bool, usage: tuple[type[BaseException], ...] = (),
