@@ -233,7 +233,7 @@ def write(results: dict, args) -> None:
             f"| 1 | 1 | {r['calls_per_s_1']:.2f} |\n",
             f"| {r['concurrency']} | {r['concurrency']} | {r['calls_per_s_n']:.2f} |\n",
             f"\nSpeed-up {r['speedup']:.1f}x (target >= 3x). Answers equal to the lone calls': "
-            f"{r['answers_equal']}/{r['calls']}. Batches decoded, by size: {r['batch_sizes']}.\n",
+            f"{r['answers_equal']}/{r['calls']}. Decode steps by the rows they carried: {r['batch_sizes']}.\n",
             f"Left padding and the attention mask move the prefill logits by at most {r['max_abs_logit_diff']:.2e} "
             f"(|logit| ~0.6; {r['bit_equal_rows']}/{r['rows']} rows bit-equal; the smallest top-1/top-2 "
             f"margin seen was {r['min_top2_margin']:.3f}), so a greedy pick changes only at a near-tie.\n",
