@@ -235,6 +235,13 @@ def test_deploy_and_a_real_worker_run_the_nightly_deployment(prefect_server, tin
     assert deploy.stdout.strip().splitlines()[-1] == "edit-dataset/nightly"
 
     client = httpx.Client(base_url=api, timeout=30)
+    # Prefect's own `prefect deploy --all` from the root, as a Prefect user runs it, without CIELR_STORE:
+    # the build step names the variable and nothing is registered
+    raw = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"], cwd=REPO,
+                         env={**env, "CIELR_POOL": "test-gpu-pool", "CIELR_MANIFEST": str(manifest)},
+                         capture_output=True, text=True, timeout=300)
+    assert raw.returncode != 0 and "CIELR_STORE: artifact store URL" in raw.stdout + raw.stderr, raw.stdout[-3000:]
+    assert client.get("/deployments/name/evaluate/evaluate").status_code == 404
     pool = client.get("/work_pools/test-gpu-pool").json()
     assert pool["type"] == "process"
     assert pool["base_job_template"]["variables"]["properties"]["env"]["default"]["CUDA_VISIBLE_DEVICES"] == "0"
