@@ -142,6 +142,7 @@ def child(args: argparse.Namespace) -> None:
         "llm_max_concurrent": _CountingLLM.most,
         "statuses": statuses,
         "stage_seconds_summed": dict(sorted(stages.items(), key=lambda kv: -kv[1])),
+        "errors": sorted({str(r["error"])[:300] for r in table if r["status"] == "failed"})[:3],
     }
     if cuda:
         import torch
@@ -172,7 +173,7 @@ def write_docs(args: argparse.Namespace, results: list[dict]) -> None:
     cfg = args.config or f"profile {args.profile}"
     lines = [
         "", f"### Throughput: images in flight ({when})", "",
-        f"Machine: {machine()}; load average at start {os.getloadavg()[0]:.1f}. Config: {cfg}; "
+        f"Machine: {machine()}; load average when written {os.getloadavg()[0]:.1f}. Config: {cfg}; "
         f"device {args.device or 'auto'}; perception.batching {args.batching or 'from config (auto)'}; "
         f"{args.images} CIEBench images, one chunk; ephemeral Prefect API; one warm-up image per window first. "
         "Command: `python bench/throughput.py " + " ".join(sys.argv[1:]) + "`.", "",
