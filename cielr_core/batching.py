@@ -195,11 +195,12 @@ def sam2_encode(model: Any, images: Sequence[np.ndarray]) -> list[SAM2Features]:
     import torch
     from sam2.utils.transforms import SAM2Transforms
 
-    from cielr_core.devices import device_lock
+    from cielr_core.devices import device_lock, script_lock
 
     device = next(model.parameters()).device
-    transforms = SAM2Transforms(resolution=model.image_size, mask_threshold=0.0, max_hole_area=0.0,
-                                max_sprinkle_area=0.0)
+    with script_lock:  # SAM2Transforms scripts its resize/normalise (not thread-safe)
+        transforms = SAM2Transforms(resolution=model.image_size, mask_threshold=0.0, max_hole_area=0.0,
+                                    max_sprinkle_area=0.0)
     x = torch.stack([transforms(np.asarray(im)) for im in images]).to(device)
     s = model.image_size
     bb_sizes = [(s // 4, s // 4), (s // 8, s // 8), (s // 16, s // 16)]

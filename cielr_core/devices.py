@@ -17,6 +17,12 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 _guard = threading.Lock()
+
+# TorchScript compilation (torch.jit.script: SAM2's transforms, built with every SAM2 predictor or
+# mask generator) is not thread-safe: two images in flight scripting at once fail with "Can't
+# redefine method", a KeyError on '__torch__...interpolate' or a mangled-type mismatch. Every
+# construction that scripts holds this one process-wide lock.
+script_lock = threading.Lock()
 _locks: dict[str, threading.RLock] = {}
 
 

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import threading
 from typing import Any
 
 import numpy as np
 import torch
 
 from cielr_core.config import SAM2Config
-from cielr_core.devices import device_lock
+from cielr_core.devices import device_lock, script_lock
 from cielr_core.perception.results import SegmentResult
-
-# SAM2's predictor scripts its transforms (torch.jit.script) in its constructor; two threads doing
-# that at once (images in flight) fail with "Can't redefine method: forward on class ...Resize".
-_CONSTRUCT_LOCK = threading.Lock()
 
 # SAM2Config fields that are SAM2AutomaticMaskGenerator arguments (and so may be overridden per call)
 GENERATOR_FIELDS = (
@@ -59,7 +54,7 @@ def run_generator(model: Any, rgb: np.ndarray, settings: dict[str, Any], *, devi
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
     h, w = rgb.shape[:2]
-    with _CONSTRUCT_LOCK:
+    with script_lock:  # its predictor scripts SAM2's transforms (cielr_core.devices.script_lock)
         gen = SAM2AutomaticMaskGenerator(model, output_mode="binary_mask", **settings)
     if features is not None:
         from cielr_core.batching import install_sam2_features
