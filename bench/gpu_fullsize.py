@@ -155,6 +155,14 @@ def make_llm(out: Path) -> None:
     model.save_pretrained(d, safe_serialization=True, max_shard_size="20GB")
 
 
+def make_ip2p(out: Path) -> None:
+    """Instruction editing (global / transform steps) stays the TOY InstructPix2Pix: the benchmark's
+    instructions are object edits, but a run checks every model its plans could need up front."""
+    from cielr_core.tiny import make
+
+    make("ip2p", out)
+
+
 def write_config(out: Path, device: str) -> Path:
     import yaml
 
@@ -173,6 +181,8 @@ def write_config(out: Path, device: str) -> Path:
         "reasoning": {"max_text_chars": 32, "max_subtasks": 2, "sandbox": {"isolation": "python-only"}},
         "editing": {"backend": "diffusers", "remove_backend": "diffusers", "steps": 30, "resolution": 512,
                     "model": {"id": "random/sd-1.5-inpainting", "path": str(out / "sd-inpaint")},
+                    "instruct": {"model": {"id": "tiny/ip2p", "path": str(out / "ip2p")}, "steps": 2,
+                                 "resolution": 64},
                     "verify": {"enabled": False}, "device": device, "dtype": "auto"},
     }
     path = out / "config.yaml"
@@ -185,7 +195,7 @@ def cmd_make(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     times = {}
     for name, fn in [("sam2", make_sam2), ("owlv2", make_owlv2), ("depth", make_depth),
-                     ("sd_inpaint", make_sd_inpaint), ("llm", make_llm)]:
+                     ("sd_inpaint", make_sd_inpaint), ("llm", make_llm), ("ip2p", make_ip2p)]:
         if args.only and name not in args.only:
             continue
         t0 = time.perf_counter()

@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--child-config", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.profile is None and not args.config:
+    if args.profile is None and not args.config and not args.child:  # the child gets its config as JSON
         args.profile = "tiny"
     if args.child:
         child(args)
