@@ -643,10 +643,10 @@ def test_each_operation_end_to_end_through_cielr_edit(op, prefect_harness, tiny_
 @pytest.mark.slow
 def test_verify_through_cielr_edit_retries_a_rejected_attempt(prefect_harness, tiny_models_dir, ciebench_dir,
                                                               tmp_path, monkeypatch):
-    import tasks.editing as te
+    import cielr_core.editing.verify as ev  # cielr_core.pipeline.edit_step makes its judge there
 
     judge = RejectsFirstAttemptJudge()
-    monkeypatch.setattr(te, "make_judge", lambda s: judge)
+    monkeypatch.setattr(ev, "make_judge", lambda s: judge)
     result, original, edited, mask, _plan, trace = _cielr_edit(
         "transform", tiny_models_dir, ciebench_dir, tmp_path, monkeypatch, ("CIELR_EDITING__VERIFY__ENABLED", "true"))
     edit = trace["edits"][0]

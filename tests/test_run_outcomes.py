@@ -237,3 +237,44 @@ def test_sigterm_stops_the_run_keeps_finished_rows_and_cancels_the_rest(prefect_
         assert len(named) == 2, "task runs are named after their image (one load in each of the two runs)"
         chunk = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["chunk 0: rows 0-0"])))
         assert chunk, "chunk subflows say which rows they hold"
+
+
+@pytest.mark.slow
+def test_cielr_run_exits_1_for_a_corrupt_image_among_good_ones_and_0_when_every_row_is_ok(
+        prefect_harness, tiny_models_dir, ciebench_dir, tmp_path, monkeypatch):
+    """Two good (small) photos and one truncated PNG: exit 1, the results URI still the last line,
+    the flow run Failed in the API counting the failed row. The two good rows again (cached): exit 0,
+    the flow run Completed."""
+    from PIL import Image
+
+    monkeypatch.setenv("CIELR_MODELS_DIR", str(tiny_models_dir))
+    d = tmp_path / "in"
+    d.mkdir()
+    rows = []
+    for i in (1, 2):
+        Image.open(ciebench_dir / str(i) / f"{i}.png").convert("RGB").resize((128, 96)).save(d / f"g{i}.png")
+        rows.append({"image_id": f"good-{i}", "image_uri": str(d / f"g{i}.png"), "instruction": "remove the cup"})
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(buf, format="PNG")
+    (d / "bad.png").write_bytes(buf.getvalue()[:60])  # truncated after the header
+    bad = {"image_id": "corrupt", "image_uri": str(d / "bad.png"), "instruction": "remove the cup"}
+    mixed = write_manifest([rows[0], bad, rows[1]], str(d / "mixed.parquet"))
+    good = write_manifest(rows, str(d / "good.parquet"))
+    store = str(tmp_path / "store")
+
+    res = runner.invoke(app, ["run", mixed, "--store", store, "--profile", "tiny"])
+    assert res.exit_code == 1, res.output
+    uri = res.stdout.strip().splitlines()[-1]
+    assert uri.endswith("/results.parquet"), res.stdout
+    by_id = {r["image_id"]: r for r in _rows(uri)}
+    assert by_id["corrupt"]["status"] == "failed" and by_id["corrupt"]["failed_stage"] == "load"
+    assert {by_id[f"good-{i}"]["status"] for i in (1, 2)} <= {"ok", "no_target"}
+    run = _flow_run(uri)
+    assert run.state.type.value == "FAILED", run.state
+    assert "1 failed" in run.state.message and "of 3 rows" in run.state.message, run.state.message
+
+    res = runner.invoke(app, ["run", good, "--store", store, "--profile", "tiny"])
+    assert res.exit_code == 0, res.output
+    uri = res.stdout.strip().splitlines()[-1]
+    assert {r["status"] for r in _rows(uri)} <= {"ok", "no_target"}
+    assert _flow_run(uri).state.type.value == "COMPLETED"
