@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import os
 import random
 import time
 from pathlib import Path
@@ -19,13 +18,7 @@ import pytest
 from reliability.harness import leftover_temp_files, unreadable_objects
 from storage import ArtifactStore
 
-# 20+ kills with a re-run after each: about 13 minutes on the 2-core CI machine, half of CI's budget,
-# so it runs when asked for: RUN_CRASH_TEST=1 .venv/bin/python -m pytest tests/reliability/test_crash_resume.py
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(os.environ.get("RUN_CRASH_TEST") != "1",
-                       reason="crash-resume (20+ SIGKILLs, ~13 min): set RUN_CRASH_TEST=1 to run it"),
-]
+pytestmark = pytest.mark.slow
 
 # bench/byte_identical.py's comparison rules (bench/ is a folder of scripts, not a package)
 _spec = importlib.util.spec_from_file_location(
