@@ -19,6 +19,7 @@ image of the same size. Compositing (only the mask may change) is done by the ca
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import logging
@@ -126,7 +127,7 @@ def diffusers_loader(source: str, revision: str | None, device: str) -> Pipeline
             raise registry.ModelUnavailableError(unavailable_hint(source, revision, "no such file or directory"))
         dtype = registry.resolve_dtype(dtype_name, device)
         kw = registry.hf_kwargs(revision)
-        kw[_DTYPE_KW] = dtype
+        kw[dtype_kwarg()] = dtype
         try:
             if _is_flux_fill(source):
                 from diffusers import FluxFillPipeline
@@ -143,8 +144,11 @@ def diffusers_loader(source: str, revision: str | None, device: str) -> Pipeline
     return load
 
 
-def _dtype_kwarg() -> str:
-    # diffusers >= 0.36 names it `dtype` (and deprecates `torch_dtype`)
+@functools.cache
+def dtype_kwarg() -> str:
+    """The dtype argument's name in diffusers' from_pretrained: ``dtype`` from diffusers 0.36 (which
+    deprecates ``torch_dtype``). Asked when a pipeline loads, not at import: importing diffusers'
+    pipeline module costs seconds, which a command that only checks or plans should not pay."""
     try:
         from diffusers.pipelines import pipeline_utils
 
@@ -152,8 +156,6 @@ def _dtype_kwarg() -> str:
     except ImportError:  # pragma: no cover
         return "torch_dtype"
 
-
-_DTYPE_KW = _dtype_kwarg()
 
 
 def _finite_and_not_black(out: np.ndarray, reference: np.ndarray) -> str | None:

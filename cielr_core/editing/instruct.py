@@ -33,7 +33,7 @@ import numpy as np
 from cielr_core import models as registry
 
 from .errors import EditingError
-from .inpainters import _DTYPE_KW, _finite_and_not_black
+from .inpainters import _finite_and_not_black, dtype_kwarg
 from .prep import model_size, resize_mask, resize_rgb
 
 KIND = "instruct"
@@ -56,7 +56,7 @@ def instruct_loader(source: str, revision: str | None, device: str, dtype_name: 
                 "(CIELR_EDITING__INSTRUCT__MODEL__PATH), or run `cielr models tiny` with --profile tiny")
         cls = getattr(diffusers, pipeline_class) if pipeline_class else diffusers.DiffusionPipeline
         kw = registry.hf_kwargs(revision)
-        kw[_DTYPE_KW] = registry.resolve_dtype(dtype_name, device)
+        kw[dtype_kwarg()] = registry.resolve_dtype(dtype_name, device)
         try:
             pipe = cls.from_pretrained(source, **kw)
         except (OSError, ValueError, ImportError) as e:
