@@ -3,8 +3,9 @@
 It only drives Prefect's own mechanisms: it creates the work pool (with our base job template for
 the pool type) and the GPU concurrency limit (a global one, of which each dataset chunk
 holds a slot) if they are missing, then applies the project's root
-``prefect.yaml`` with ``prefect deploy`` (as `prefect deploy --all` from the project folder would),
-passing the values that the YAML reads from ``{{ $CIELR_* }}`` placeholders through the environment.
+``prefect.yaml`` with ``prefect deploy --name N --pool POOL`` per deployment (Prefect ignores
+``--pool`` when one command deploys several), passing the ``CIELR_*`` values that the YAML's build
+step reads through the environment.
 """
 
 from __future__ import annotations
@@ -85,7 +86,6 @@ class DeployOptions:
 
     def deploy_env(self) -> dict[str, str]:
         return {
-            "CIELR_POOL": self.pool,
             "CIELR_MANIFEST": self.manifest,
             "CIELR_STORE": self.store,
             "CIELR_PROFILE": self.profile,
@@ -146,16 +146,20 @@ async def ensure_gpu_limit(name: str, limit: int) -> str:
 
 
 def apply_deployments(opts: DeployOptions, *, prefect_file: Path = PREFECT_FILE) -> list[str]:
-    """Run `prefect deploy` on prefect.yaml for the selected deployments; returns their full names."""
+    """Run `prefect deploy` on prefect.yaml for the selected deployments; returns their full names.
+
+    One `prefect deploy --name N --pool POOL` per deployment: prefect.yaml names the pool cielr-gpu,
+    and Prefect ignores ``--pool`` when one command deploys several deployments."""
     names = opts.deployment_names()
     if not names:
         raise RuntimeError("no deployment to apply (no entrypoint file found)")
-    cmd = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--prefect-file", str(prefect_file)]
-    for n in names:
-        cmd += ["--name", n]
     env = {**os.environ, **opts.deploy_env(), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    proc = subprocess.run(cmd, cwd=PROJECT_DIR, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = (proc.stdout + proc.stderr).strip()[-3000:]
-        raise RuntimeError(f"prefect deploy failed (exit {proc.returncode}):\n{tail}")
+    env.pop("CIELR_POOL", None)  # prefect.yaml does not read it (the pool is --pool); its build step refuses it
+    for n in names:
+        cmd = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--prefect-file", str(prefect_file),
+               "--name", n, "--pool", opts.pool]
+        proc = subprocess.run(cmd, cwd=PROJECT_DIR, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = (proc.stdout + proc.stderr).strip()[-3000:]
+            raise RuntimeError(f"prefect deploy of {n} failed (exit {proc.returncode}):\n{tail}")
     return [f"{DEPLOYMENTS[n][1]}/{n}" for n in names]

@@ -9,9 +9,12 @@
   package lives in: the project folder of an editable install, /opt/cielr in the worker image), so
   no deploying machine's path is stored in the deployment.
 
-Prefect reads the work pool's name before it runs any build step, so a missing ``CIELR_POOL`` shows
-as Prefect's own "work pool '{{ $CIELR_POOL }}' does not exist"; ``cielr deploy --check`` names it
-(and every other missing variable) before Prefect is asked anything.
+The work pool is a plain name in prefect.yaml (``cielr-gpu``; ``prefect deploy --name nightly --pool
+NAME`` picks another for one deployment: Prefect ignores ``--pool`` when a command deploys several),
+not an environment placeholder: Prefect looks the pool up before any build step runs,
+so an unset ``{{ $CIELR_POOL }}`` could only be reported as a pool named after the placeholder.
+``CIELR_POOL`` is therefore not read; set, it stops the deploy with a message saying so, rather than
+letting the deployments land on a pool the operator did not mean.
 """
 
 from __future__ import annotations
@@ -27,17 +30,18 @@ _ENV_PLACEHOLDER = re.compile(r"{{\s*\$(\w+)\s*}}")
 
 STEP_ID = "cielr"  # the build step's id: prefect.yaml reads its outputs as {{ cielr.<key> }}
 
-# variable -> (output key, default (None: required), what it is for). CIELR_POOL is read directly as
-# {{ $CIELR_POOL }} (Prefect looks the work pool up before it runs build steps); the others reach
-# prefect.yaml through the build step's outputs, so the optional ones can have defaults.
+DEFAULT_POOL = "cielr-gpu"  # prefect.yaml's work pool (`prefect deploy --name N --pool NAME` overrides it)
+
+# variable -> (output key, default (None: required), what it is for). They reach prefect.yaml
+# through the build step's outputs, so the optional ones can have defaults.
 VARIABLES: dict[str, tuple[str, str | None, str]] = {
-    "CIELR_POOL": ("pool", None, "work pool the deployments run on (e.g. cielr-gpu)"),
     "CIELR_MANIFEST": ("manifest", None, "manifest URI the nightly run edits (e.g. s3://bucket/manifest.parquet)"),
     "CIELR_STORE": ("store", None, "artifact store URL (shared storage, e.g. s3://bucket/cielr)"),
     "CIELR_PROFILE": ("profile", "default", "config profile the runs use (default, tiny or paper)"),
     "CIELR_CRON": ("cron", "0 2 * * *", "cron schedule of the nightly deployment"),
     "CIELR_TIMEZONE": ("timezone", "UTC", "time zone of that schedule"),
-    "CIELR_GPU_TAG": ("gpu_tag", "gpu:<CIELR_POOL>", "GPU concurrency tag of the runs' GPU stages"),
+    "CIELR_GPU_TAG": ("gpu_tag", f"gpu:{DEFAULT_POOL}",
+                      "GPU concurrency limit the runs' chunks hold (gpu:NAME when deploying with --pool NAME)"),
     "CIELR_CUDA_VISIBLE_DEVICES": ("cuda_visible_devices", "0", "GPU(s) the runs see"),
 }
 
@@ -68,6 +72,18 @@ def missing_variables(env: dict[str, str] | None = None, prefect_file: Path = PR
     return [n for n in required if not _value(env, n)]
 
 
+def pool_variable_message(env: dict[str, str] | None = None) -> str | None:
+    """The message that stops a deploy when ``CIELR_POOL`` is set (prefect.yaml does not read it)."""
+    env = os.environ if env is None else env
+    pool = _value(env, "CIELR_POOL")
+    if not pool:
+        return None
+    return (f"CIELR_POOL is set ({pool!r}), but prefect.yaml does not read it: its deployments go to the work "
+            f"pool {DEFAULT_POOL!r} unless the command names another. Unset CIELR_POOL and run "
+            f"`cielr deploy --pool {pool} ...`, or `prefect deploy --name nightly --pool {pool}` (one deployment "
+            f"per command: Prefect ignores --pool with --all) with CIELR_GPU_TAG=gpu:{pool}.")
+
+
 def missing_message(missing: list[str]) -> str:
     lines = [f"prefect.yaml needs these environment variables, which are not set: {', '.join(missing)}"]
     lines += [f"  {n}: {VARIABLES[n][2] if n in VARIABLES else 'read by prefect.yaml'}" for n in missing]
@@ -83,11 +99,14 @@ def deploy_values(env: dict[str, str] | None = None) -> dict[str, str]:
     missing = missing_variables(env)
     if missing:
         raise ValueError(missing_message(missing))
+    pool_message = pool_variable_message(env)
+    if pool_message:
+        raise ValueError(pool_message)
     out: dict[str, str] = {}
     for name, (key, default, _) in VARIABLES.items():
         value = _value(env, name)
         if not value:
-            value = f"gpu:{_value(env, 'CIELR_POOL')}" if name == "CIELR_GPU_TAG" else str(default)
+            value = str(default)
         out[key] = value
     return out
 

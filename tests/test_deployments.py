@@ -95,7 +95,7 @@ def test_prefect_yaml_resolves_to_a_nightly_cron_deployment(monkeypatch):
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.utilities.templating import apply_values
 
-    from deployments.steps import STEP_ID, check_environment
+    from deployments.steps import DEFAULT_POOL, STEP_ID, check_environment
 
     assert PREFECT_FILE == REPO / "prefect.yaml"  # at the root: `prefect deploy --all` from there
     config = yaml.safe_load(PREFECT_FILE.read_text())
@@ -116,7 +116,8 @@ def test_prefect_yaml_resolves_to_a_nightly_cron_deployment(monkeypatch):
     assert nightly["parameters"] == {"manifest_uri": "s3://b/m.parquet", "store": "s3://b/store", "profile": "default"}
     sched = nightly["schedules"][0]
     assert CronSchedule(cron=sched["cron"], timezone=sched["timezone"]).cron == "0 2 * * *"
-    assert nightly["work_pool"]["name"] == "p1"
+    # a plain pool name, not a {{ $VARIABLE }}: Prefect looks it up before any build step runs
+    assert nightly["work_pool"]["name"] == DEFAULT_POOL == "cielr-gpu"
     assert nightly["work_pool"]["job_variables"]["env"]["CIELR_ORCHESTRATION__GPU_TAG"] == "gpu:p1"
     entry = REPO / nightly["entrypoint"].split(":")[0]
     assert entry.exists()
@@ -131,7 +132,6 @@ def test_a_missing_variable_is_named_and_the_optional_ones_have_defaults(monkeyp
     for k in list(os.environ):
         if k.startswith("CIELR_"):
             monkeypatch.delenv(k)
-    monkeypatch.setenv("CIELR_POOL", "box-1")
     monkeypatch.setenv("CIELR_MANIFEST", "s3://b/m.parquet")
     with pytest.raises(ValueError) as e:  # the build step that `prefect deploy --all` runs first
         check_environment()
@@ -144,11 +144,20 @@ def test_a_missing_variable_is_named_and_the_optional_ones_have_defaults(monkeyp
     with pytest.raises(ValueError, match="CIELR_STORE"):
         deploy_values()
     monkeypatch.setenv("CIELR_STORE", "s3://b/store")
-    assert deploy_values() == {"pool": "box-1", "manifest": "s3://b/m.parquet", "store": "s3://b/store",
-                               "profile": "default", "cron": "0 2 * * *", "timezone": "UTC", "gpu_tag": "gpu:box-1",
-                               "cuda_visible_devices": "0"}
+    assert deploy_values() == {"manifest": "s3://b/m.parquet", "store": "s3://b/store",
+                               "profile": "default", "cron": "0 2 * * *", "timezone": "UTC",
+                               "gpu_tag": "gpu:cielr-gpu", "cuda_visible_devices": "0"}
     checked = CliRunner().invoke(app, ["deploy", "--check"])
     assert checked.exit_code == 0, checked.output
+    assert "work pool cielr-gpu" in checked.output
+    # CIELR_POOL is not read by prefect.yaml: set, it stops the deploy naming itself and the way out,
+    # instead of the deployments silently landing on cielr-gpu
+    monkeypatch.setenv("CIELR_POOL", "box-1")
+    with pytest.raises(ValueError) as e:
+        check_environment()
+    assert str(e.value).startswith("CIELR_POOL is set ('box-1')") and "--pool box-1" in str(e.value)
+    checked = CliRunner().invoke(app, ["deploy", "--check"])
+    assert checked.exit_code == 2 and "CIELR_POOL is set" in checked.output, checked.output
 
 
 def test_the_pull_step_finds_the_project_without_a_stored_path(monkeypatch, tmp_path):
@@ -235,10 +244,17 @@ def test_deploy_and_a_real_worker_run_the_nightly_deployment(prefect_server, tin
     assert deploy.stdout.strip().splitlines()[-1] == "edit-dataset/nightly"
 
     client = httpx.Client(base_url=api, timeout=30)
-    # Prefect's own `prefect deploy --all` from the root, as a Prefect user runs it, without CIELR_STORE:
-    # the build step names the variable and nothing is registered
+    # Prefect's own `prefect deploy --all` from the root, as a Prefect user runs it, with nothing set
+    # and no cielr-gpu pool: Prefect names the pool prefect.yaml uses (no unresolved placeholder)
     raw = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"], cwd=REPO,
-                         env={**env, "CIELR_POOL": "test-gpu-pool", "CIELR_MANIFEST": str(manifest)},
+                         env=env, capture_output=True, text=True, timeout=300)
+    out = " ".join((raw.stdout + raw.stderr).split())
+    assert raw.returncode != 0 and "work pool 'cielr-gpu' which does not exist" in out, out[-3000:]
+    assert "{{" not in out
+    # one deployment on another pool, without CIELR_STORE: the build step names the variable and
+    # nothing is registered
+    raw = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--name", "evaluate",
+                          "--pool", "test-gpu-pool"], cwd=REPO, env={**env, "CIELR_MANIFEST": str(manifest)},
                          capture_output=True, text=True, timeout=300)
     assert raw.returncode != 0 and "CIELR_STORE: artifact store URL" in raw.stdout + raw.stderr, raw.stdout[-3000:]
     assert client.get("/deployments/name/evaluate/evaluate").status_code == 404

@@ -29,8 +29,8 @@ def register(app: typer.Typer) -> None:
             "CIELR_* variables (set, defaulted, missing), exit 2 naming the missing ones"),
     ) -> None:
         """Create the work pool and the GPU concurrency limit if missing, then apply the deployments
-        (same as `prefect --no-prompt deploy --all` from the project folder with the CIELR_* placeholders
-        of prefect.yaml filled in). Then start a worker: `prefect worker start --pool POOL`.
+        (`prefect --no-prompt deploy --name N --pool POOL` per deployment, from the project folder, with
+        the CIELR_* variables of prefect.yaml filled in). Then start a worker: `prefect worker start --pool POOL`.
         Workers find the project through the installed cielr package (or their CIELR_PROJECT_DIR)."""
         import asyncio
         import os
@@ -46,7 +46,11 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"{var} = {state}  ({what})", err=True)
             if missing:
                 raise fail(steps.missing_message(missing), 2)
-            typer.echo("prefect.yaml: every CIELR_* variable is set; `prefect deploy --all` can run", err=True)
+            pool_message = steps.pool_variable_message()
+            if pool_message:
+                raise fail(pool_message, 2)
+            typer.echo(f"prefect.yaml: every CIELR_* variable is set; `prefect deploy --all` can run "
+                       f"(work pool {steps.DEFAULT_POOL}; `--pool NAME` for another)", err=True)
             return
         if not manifest or not store:
             raise fail("--manifest and --store are required (or --check to check the environment only)", 2)
