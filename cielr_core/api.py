@@ -38,6 +38,7 @@ OUTPUT_FILES = ("edited.png", "mask.png", "overlay.png", "ssr.json", "plan.json"
 _lock = threading.Lock()
 _perceivers: dict[str, Any] = {}
 _llms: dict[str, Any] = {}
+_models_checked: set[str] = set()
 
 
 @dataclass
@@ -138,6 +139,20 @@ def _json(value: Any) -> Any:
     return json.loads(canonical_json(value))
 
 
+def _check_models(s: Settings) -> None:
+    """The run-level model check of `cielr run` / `cielr edit` (cielr_core.preflight), once per
+    process and settings: a missing model raises ModelsUnavailable naming each model's own setting
+    and `hf download <id>`, before any model is loaded."""
+    from cielr_core.preflight import check_models
+
+    key = sha256_json(s.model_dump(mode="json"))
+    if key in _models_checked:
+        return
+    check_models(s)
+    with _lock:
+        _models_checked.add(key)
+
+
 def _perceiver(s: Settings):
     from cielr_core.perception import Perceiver
 
@@ -211,6 +226,11 @@ def edit(image: Any, instruction: str, settings: Settings | None = None, *, seed
         An :class:`EditResult`. A failure of the image (unreadable image, a model error, an invalid
         final answer) is ``status="failed"`` with ``error`` naming the stage, as `cielr edit` reports
         it; a settings error raises.
+
+    Raises:
+        cielr_core.preflight.ModelsUnavailable: A model the settings need is not available (checked
+            once per process and settings, before any model is loaded; the message names each
+            model's setting and `hf download <id>`).
     """
     if settings is None:
         settings = load_settings(profile=profile, config_data=config)
@@ -225,6 +245,7 @@ def edit(image: Any, instruction: str, settings: Settings | None = None, *, seed
     try:
         rgb = _stored_rgb(_stage("load", _read_image, image, s))
         sha = image_digest(rgb)
+        _check_models(s)  # raises (not a failed image): nothing can be edited without the models
         p = _perceiver(s)
         llm = _llm(s)
         ssr0 = _perceive(p, s, rgb, sha)

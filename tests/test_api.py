@@ -79,3 +79,20 @@ def test_every_reasoner_of_the_pipeline_and_the_api_has_the_semantic_updater(tin
     p = Perceiver(tiny_settings)
     assert make_reasoner(tiny_settings, llm=None, perceiver=p).updater == p.update_semantic
     assert _reasoner(tiny_settings).updater == runtime.perceiver(tiny_settings).update_semantic
+
+
+def test_a_missing_model_raises_one_message_before_any_model_loads(ciebench_dir, tmp_path, monkeypatch):
+    """As `cielr run` / `cielr edit`: the default profile offline (the suite sets HF_HUB_OFFLINE=1) with
+    an empty HF cache raises ModelsUnavailable naming each model's own setting and `hf download`."""
+    from cielr_core import api, edit
+    from cielr_core.preflight import ModelsUnavailable
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf"))
+    loaded = []
+    monkeypatch.setattr(api, "_perceiver", lambda s: loaded.append("perceiver"))
+    with pytest.raises(ModelsUnavailable) as e:
+        edit(str(ciebench_dir / "1" / "1.png"), "remove the object that tells the time", profile="default")
+    msg = str(e.value)
+    assert "`hf download facebook/sam2.1-hiera-large`" in msg and "CIELR_PERCEPTION__SAM2__MODEL__PATH" in msg
+    assert "`hf download google/owlv2-base-patch16-ensemble`" in msg and "CIELR_PERCEPTION__OWLV2__MODEL__PATH" in msg
+    assert loaded == []  # stopped before any model was loaded
