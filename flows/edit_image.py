@@ -24,6 +24,12 @@ def _image_run_name() -> str:
     return os.path.basename(uri.rstrip("/")) or uri
 
 
+def image_id_of(image_uri: str) -> str:
+    """The row's image id, and the name its task runs carry (``segment[photo]`` for .../photo.jpg)."""
+    name = os.path.basename(str(image_uri).rstrip("/"))
+    return os.path.splitext(name)[0] or name or "image"
+
+
 @flow(name="edit-image", log_prints=False, flow_run_name=_image_run_name)
 def edit_image(
     image_uri: str,
@@ -53,7 +59,7 @@ def edit_image(
     logger = get_run_logger()
     check_models(settings)
     with progress.stop_on_sigterm():
-        row = run_image(Stages.for_settings(settings), image_id="image", image_uri=image_uri,
+        row = run_image(Stages.for_settings(settings), image_id=image_id_of(image_uri), image_uri=image_uri,
                         instruction=instruction, seed=seed)
     progress.clear_stop()
     if row.status in ("failed", "cancelled"):

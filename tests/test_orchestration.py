@@ -269,6 +269,15 @@ def test_transient_store_failure_is_retried_and_bad_image_is_not(prefect_harness
     row = edit_image(image_uri=inputs[0]["image_uri"], instruction=inputs[0]["instruction"], profile="tiny",
                      config=_config(tiny_models_dir), store=str(tmp_path / "store"))
     assert row["status"] in ("ok", "no_target"), row["error"]
+    # the row and its task runs are named after the file (segment[<stem>], not segment[image])
+    stem = Path(inputs[0]["image_uri"]).stem
+    assert row["image_id"] == stem
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    with get_client(sync_client=True) as client:
+        named_runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=[f"segment[{stem}]"])))
+    assert named_runs, f"no task run named segment[{stem}]"
     # the first depth write failed (transient) and the task's retry wrote the same key
     assert depth_keys[:2] == [depth_keys[0]] * 2, depth_keys
 
