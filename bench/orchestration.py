@@ -114,7 +114,15 @@ def _noop_stages(settings, ref=None):
                   **{n: bind(f, settings, cache_key=key(n)) for n, f in fns.items()})
 
 
-def child(n: int, workdir: Path, chunk_size: int, phase: str) -> dict:
+def _busy_cpu_s() -> float:
+    """CPU seconds every process on the machine has used (user + system + nice + irq), from /proc/stat."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return sum(getattr(t, f, 0.0) for f in ("user", "system", "nice", "irq", "softirq", "steal"))
+
+
+def child(n: int, workdir: Path, chunk_size: int, phase: str, in_flight: int | None = None) -> dict:
     """Runs in a fresh process: the cold run over n rows, or (phase "cached") the re-run of the same
     manifest on the same store and Prefect database, as a later nightly run would."""
     import resource
@@ -179,9 +187,16 @@ def child(n: int, workdir: Path, chunk_size: int, phase: str) -> dict:
     rss_start = proc.memory_info().rss
     t = threading.Thread(target=sample, daemon=True)
     t.start()
+    cpu0, busy0 = proc.cpu_times(), _busy_cpu_s()
     t0 = t_start[0] = time.perf_counter()
-    uri = edit_dataset(manifest_uri=manifest, store=store, chunk_size=chunk_size)
+    config = {"orchestration": {"max_in_flight": in_flight}} if in_flight else None
+    uri = edit_dataset(manifest_uri=manifest, store=store, chunk_size=chunk_size, config=config)
     wall = time.perf_counter() - t0
+    cpu1, busy1 = proc.cpu_times(), _busy_cpu_s()
+    client_cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+    # everything else on the machine: the API server (the ephemeral one is this process's child), its
+    # database, and whatever else ran (the load average says how much that was)
+    other_cpu = max(0.0, (busy1 - busy0) - client_cpu)
     stop.set()
     t.join()
     from storage import ArtifactStore
@@ -200,6 +215,9 @@ def child(n: int, workdir: Path, chunk_size: int, phase: str) -> dict:
         "rss_end_mb": round(proc.memory_info().rss / 2**20),
         "rss_peak_mb": round(max(samples) / 2**20) if samples else None,
         "ru_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "client_cpu_per_image_s": round(client_cpu / n, 4),
+        "other_cpu_per_image_s": round(other_cpu / n, 4),
+        "in_flight": in_flight or "default",
     }
 
 
@@ -225,13 +243,17 @@ def write_section(results: list[dict], chunk_size: int) -> None:
         "The cached re-run is a new process on the same store and Prefect database (as a later nightly run); "
         "wall times exclude the API's start-up.",
         "",
-        "| API | images | rows ok | cold run s | cold s/image | cached re-run s | cached s/image | cache hits | "
+        "CPU s/image: the client process's CPU + all other CPU on the machine (the API server, its database, "
+        "anything else running), per image, cold / cached.",
+        "",
+        "| API | images | images in flight | rows ok | cold run s | cold s/image | cached re-run s | cached s/image | "
+        "cache hits | CPU s/image client + other, cold / cached | "
         "client RSS start / after cold / peak MB | server RSS cold / cached MB | load avg (1 min) cold / cached |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        lines.append(f"| {r['api']} | {r['n']} | {r['ok']} | {r['cold_s']} | {r['cold_per_image_s']} | {r['cached_s']} | "
-                     f"{r['cached_per_image_s']} | {r['cached_hits']} | {r['rss_start_mb']} / "
+        lines.append(f"| {r['api']} | {r['n']} | {r['in_flight']} | {r['ok']} | {r['cold_s']} | {r['cold_per_image_s']} | "
+                     f"{r['cached_s']} | {r['cached_per_image_s']} | {r['cached_hits']} | {r['cpu']} | {r['rss_start_mb']} / "
                      f"{r['rss_after_cold_mb']} / {r['rss_peak_mb']} | {r['server_rss_mb']} | {r['load']} |")
     path = REPO / "docs" / "benchmarks.md"
     with open(path, "a") as f:
@@ -270,14 +292,15 @@ def _server_rss_mb(pid: int | None) -> int | None:
 
 
 def run_size(n: int, chunk_size: int, api: str, env: dict, server_pid, phases_to_run=("cold", "cached"),
-             log_dir: Path | None = None) -> dict:
+             log_dir: Path | None = None, in_flight: int | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="cielr-bench-orch-") as d:
         phases = {}
         for phase in phases_to_run:
             err_path = (log_dir or Path(d)) / f"orchestration-{api}-{n}-{phase}.log"
             with open(err_path, "w") as err:
                 out = subprocess.run([sys.executable, __file__, "--child", str(n), "--workdir", d, "--phase", phase,
-                                      "--chunk-size", str(chunk_size)], stdout=subprocess.PIPE, stderr=err, text=True,
+                                      "--chunk-size", str(chunk_size), *(["--in-flight", str(in_flight)] if in_flight else [])],
+                                     stdout=subprocess.PIPE, stderr=err, text=True,
                                      cwd=REPO, env=env)
             if out.returncode != 0:
                 sys.exit(f"size {n} ({api}, {phase}) failed:\n{err_path.read_text()[-4000:]}")
@@ -296,6 +319,9 @@ def run_size(n: int, chunk_size: int, api: str, env: dict, server_pid, phases_to
         "rss_start_mb": c["rss_start_mb"], "rss_after_cold_mb": c["rss_end_mb"], "rss_peak_mb": c["rss_peak_mb"],
         "server_rss_mb": f"{c['server_rss_mb']} / {w['server_rss_mb']}" if c.get("server_rss_mb") else "-",
         "load": f"{c['load_avg_1m']} / {w['load_avg_1m']}",
+        "cpu": f"{c['client_cpu_per_image_s']} + {c['other_cpu_per_image_s']} / "
+               f"{w['client_cpu_per_image_s']} + {w['other_cpu_per_image_s']}",
+        "in_flight": c["in_flight"],
     }
 
 
@@ -309,21 +335,24 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--cold-only", action="store_true", help="skip the cached re-run (for the longest sizes)")
     ap.add_argument("--log-dir", help="keep each child's stderr (progress lines every 30 s) here")
+    ap.add_argument("--in-flight", type=int, nargs="+", default=[0],
+                    help="orchestration.max_in_flight values to run (0: the device default, 2 on CPU)")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     ap.add_argument("--phase", default="cold", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        print(json.dumps(child(a.child, Path(a.workdir), a.chunk_size, a.phase)))
+        print(json.dumps(child(a.child, Path(a.workdir), a.chunk_size, a.phase, a.in_flight[0] or None)))
         return
     results = []
     for api in a.api:
         with api_env(api) as (env, server_pid):
             for n in a.sizes:
-                results.append(run_size(n, a.chunk_size, api, env, server_pid,
-                                        ("cold",) if a.cold_only else ("cold", "cached"),
-                                        Path(a.log_dir) if a.log_dir else None))
-                print("RESULT " + json.dumps(results[-1]), flush=True)
+                for w in a.in_flight:
+                    results.append(run_size(n, a.chunk_size, api, env, server_pid,
+                                            ("cold",) if a.cold_only else ("cold", "cached"),
+                                            Path(a.log_dir) if a.log_dir else None, w or None))
+                    print("RESULT " + json.dumps(results[-1]), flush=True)
     if not a.no_write:
         write_section(results, a.chunk_size)
 
