@@ -379,6 +379,12 @@ class EvalConfig(Section):
     dino: ModelRef = ModelRef(id="facebook/dino-vits16")
     vlm: LLMConfig = LLMConfig(backend="openai", model=ModelRef(id="Qwen/Qwen2.5-VL-7B-Instruct"))
     smartedit_size: int = 256
+    batching: Literal["auto", "on", "off"] = Field(
+        default="auto", json_schema_extra=NO_DIGEST,
+        description="dynamic batching of CLIP and DINO image features across the samples evaluated at once "
+        "(orchestration.max_in_flight); auto = on CUDA only (equal to batch 1 within float tolerance)")
+    batch_size: int = Field(default=8, ge=1, json_schema_extra=NO_DIGEST)
+    max_batch_wait_ms: float = Field(default=5.0, ge=0.0, json_schema_extra=NO_DIGEST)
 
 
 class Settings(BaseSettings):

@@ -23,6 +23,7 @@ from prefect.states import Failed
 from cielr_core.canonical import sha256_bytes
 from cielr_core.config import ProfileName
 from flows.edit_dataset import BAD_STATUSES, edit_dataset, failed_fraction_message, results_uri as dataset_results_uri
+from flows.inflight import run_in_flight, window
 from tasks import keys, runtime
 from tasks.evaluation import edit_checks, evaluate_cache_key, evaluate_sample, from_jsonable
 from tasks.gpu import gpu_slot
@@ -126,35 +127,44 @@ def evaluate(
 
     sd = runtime.settings_ref(settings)
     task = bind(evaluate_sample, settings, cache_key=evaluate_cache_key)
-    metric_rows: list[dict[str, Any]] = []
     thumbs: dict[str, dict[str, str | None]] = {}
     plans: dict[str, list[dict[str, Any]]] = {}
     links: dict[str, dict[str, str]] = {}
-    # one GPU slot (per worker) for all samples: tasks.gpu
+    def score(sample: dict[str, Any]) -> dict[str, Any]:
+        """The metrics row of one sample (its evaluate-sample task run), or its failure."""
+        res = results.get(sample["image_id"])
+        base = {"image_id": sample["image_id"], "instruction": sample["instruction"],
+                "reference_text": sample.get("reference_text"),
+                "edit_status": res["status"] if res else "missing",
+                "edited_uri": res.get("edited_uri") if res else None,
+                **edit_checks(st, res)}
+        if res is None or res["status"] in BAD_STATUSES:
+            return {**base, "status": "failed", "error": (res or {}).get("error") or "no result row for this sample"}
+        state = task(sample=sample, result=res, settings=sd, return_state=True)
+        try:
+            metrics = outcome(state)
+        except Exception as e:  # noqa: BLE001 - a failed sample is a row, not the end of the run
+            return {**base, "status": "failed", "error": f"evaluate: {type(e).__name__}: {e}"}
+        return {**base, "status": "ok", "error": None, **from_jsonable(metrics)}
+
+    def scoring_failed(sample: dict[str, Any], e: BaseException) -> dict[str, Any]:
+        return {"image_id": sample["image_id"], "instruction": sample["instruction"],
+                "reference_text": sample.get("reference_text"), "edit_status": "missing", "edited_uri": None,
+                "status": "failed", "error": f"evaluate: {type(e).__name__}: {e}"}
+
+    # up to orchestration.max_in_flight samples scored at once (their CLIP / DINO features batched
+    # when eval.batching is on: cielr_core.metrics.learned), rows in benchmark order; one GPU slot
+    # (per worker) for all samples: tasks.gpu
     with gpu_slot(settings):
-        for sample in rows:
-            res = results.get(sample["image_id"])
-            base = {"image_id": sample["image_id"], "instruction": sample["instruction"],
-                    "reference_text": sample.get("reference_text"),
-                    "edit_status": res["status"] if res else "missing",
-                    "edited_uri": res.get("edited_uri") if res else None,
-                    **edit_checks(st, res)}
-            if res is None or res["status"] in BAD_STATUSES:
-                metric_rows.append({**base, "status": "failed",
-                                    "error": (res or {}).get("error") or "no result row for this sample"})
-                continue
-            state = task(sample=sample, result=res, settings=sd, return_state=True)
-            try:
-                metrics = outcome(state)
-            except Exception as e:  # noqa: BLE001 - a failed sample is a row, not the end of the run
-                metric_rows.append({**base, "status": "failed", "error": f"evaluate: {type(e).__name__}: {e}"})
-                continue
-            metric_rows.append({**base, "status": "ok", "error": None, **from_jsonable(metrics)})
-            try:
-                iid = sample["image_id"]
-                thumbs[iid], plans[iid], links[iid] = _sample_view(st, res, sample)
-            except Exception as e:  # noqa: BLE001 - thumbnails are a convenience
-                logger.warning("no thumbnails for %s: %s", sample["image_id"], e)
+        metric_rows = run_in_flight(score, rows, window(settings), on_error=scoring_failed)
+    for sample, row in zip(rows, metric_rows):
+        if row["status"] != "ok":
+            continue
+        try:
+            iid = sample["image_id"]
+            thumbs[iid], plans[iid], links[iid] = _sample_view(st, results[iid], sample)
+        except Exception as e:  # noqa: BLE001 - thumbnails are a convenience
+            logger.warning("no thumbnails for %s: %s", sample["image_id"], e)
 
     run_id = str(flow_run.id or uuid.uuid4())
     prefix = keys.eval_prefix(run_id)

@@ -194,6 +194,29 @@ def test_eval_writes_metrics_and_a_report(prefect_harness, tiny_models_dir, cieb
     assert "## Edit checks" in md and f"verified 0, rejected after retries 0, not checked {edited}" in md
     assert '<table id="edit-checks">' in html and f'id="checks-samples-not_checked">{edited}</td>' in html
 
+    # the same results scored again with both samples in flight and their CLIP image features batched
+    # (eval.batching on, a batch of 2 with a long wait so the two samples' crops meet in one forward):
+    # the same metrics within float tolerance, and one CLIP forward carried both samples
+    import shutil
+
+    from cielr_core import batching
+    from flows.evaluate import evaluate
+
+    scored = [r for r in rows if r["clip"] is not None]
+    assert len(scored) == 2, [(r["image_id"], r["status"], r["error"]) for r in rows]
+    shutil.rmtree(store / "prefect")  # Prefect's cached evaluate-sample results: score afresh
+    batching.clear()
+    uri2 = evaluate(benchmark=f"ciebench:{ciebench_dir}", store=str(store), profile="tiny", limit=2,
+                    results_uri=results_uri, config={"orchestration": {"max_in_flight": 2}, "eval": {
+                        "batching": "on", "batch_size": 2, "max_batch_wait_ms": 5000}})
+    rows2 = pq.read_table(io.BytesIO(st.get_bytes(f"{st.key_for(uri2)}/metrics.parquet"))).to_pylist()
+    assert [r["image_id"] for r in rows2] == ["0", "1"]
+    for a, b in zip(rows, rows2):
+        for k in ("psnr", "ssim", "lpips", "target_iou"):
+            assert a[k] == b[k], (a["image_id"], k)
+        assert abs(a["clip"] - b["clip"]) < 1e-3, (a["image_id"], a["clip"], b["clip"])
+    assert batching.stats().get("clip-image") == {2: 1}, batching.stats()
+
 
 @pytest.mark.slow
 def test_plan_perceives_an_image_and_writes_plan_and_trace_to_the_store(tiny_models_dir, ciebench_dir, tmp_path,
@@ -269,3 +292,27 @@ def test_every_config_profile_is_accepted_by_the_cli_deploy_and_the_flows(monkey
     bad = runner.invoke(app, ["deploy", "--manifest", "m.parquet", "--store", "s", "--profile", "huge"])
     assert bad.exit_code == 2 and "choose one of " + ", ".join(PROFILES) in bad.output
     assert len(applied) == 1
+
+
+def test_the_model_libraries_bars_and_warnings_go_to_the_log_file_not_the_terminal(tmp_path):
+    """diffusers' "Loading pipeline components..." bar and transformers' warnings print through their
+    own handlers, over the live display. In a fresh interpreter (the libraries imported after the log
+    file opens, as in a command): their bars are off and their warnings land in the log file while it
+    is open, and both are back as they were after logs_back()."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from cli import live\n"
+            "path = live.logs_to_file(False)\n"
+            "import transformers.utils.logging as tl, diffusers.utils.logging as dl\n"
+            "assert not tl.is_progress_bar_enabled() and not dl.is_progress_bar_enabled()\n"
+            "tl.get_logger('transformers.cielr_test').warning('a library warning')\n"
+            "live.logs_back()\n"
+            "assert tl.is_progress_bar_enabled() and dl.is_progress_bar_enabled()\n"
+            "print(path)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], timeout=300,
+                          env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "a library warning" not in done.stderr
+    assert "a library warning" in Path(done.stdout.strip().splitlines()[-1]).read_text()

@@ -97,6 +97,22 @@ def _clip_text_embeds(model, processor, texts: list[str]) -> torch.Tensor:
     return F.normalize(model.text_projection(out.pooler_output).float(), dim=-1)
 
 
+def _batched_features(kind: str, model, processor, images: list[np.ndarray], settings) -> torch.Tensor | None:
+    """Normalised image features ([n, d]) of CLIP (``kind`` "clip") or DINO ("dino") through the
+    model's dynamic batcher (cielr_core.batching), so the samples being scored at once share one
+    forward; ``None`` when ``eval.batching`` is off for this device (auto: CUDA only), and the caller
+    computes them as before."""
+    from cielr_core import batching
+
+    cfg = settings.eval
+    if not batching.enabled(cfg.batching, str(next(model.parameters()).device)):
+        return None
+    fn = batching.clip_image_embeds if kind == "clip" else batching.dino_cls
+    b = batching.batcher_for(f"{kind}-image", model, lambda ims: fn(model, processor, ims),
+                             max_batch=cfg.batch_size, max_wait_ms=cfg.max_batch_wait_ms)
+    return torch.stack([torch.as_tensor(b.submit(im)) for im in images])
+
+
 def crop_to_mask_box(rgb, mask) -> np.ndarray | None:
     """The crop of ``rgb`` at the bounding box of ``mask`` (resized nearest to the image if needed);
     ``None`` for an empty mask."""
@@ -121,7 +137,10 @@ def clip_score(rgb, mask, text: str, *, settings) -> float | None:
     except ModelUnavailableError as e:
         log.warning("CLIP missing: %s", e)
         return None
-    cos = float((_clip_image_embeds(model, processor, [crop]) @ _clip_text_embeds(model, processor, [text]).T)[0, 0])
+    image = _batched_features("clip", model, processor, [crop], settings)
+    if image is None:
+        image = _clip_image_embeds(model, processor, [crop])
+    cos = float((image @ _clip_text_embeds(model, processor, [text]).T)[0, 0])
     return 100.0 * max(cos, 0.0)
 
 
@@ -132,7 +151,9 @@ def clip_i(a, b, *, settings) -> float | None:
     except ModelUnavailableError as e:
         log.warning("CLIP missing: %s", e)
         return None
-    e = _clip_image_embeds(model, processor, [as_rgb(a), as_rgb(b)])
+    e = _batched_features("clip", model, processor, [as_rgb(a), as_rgb(b)], settings)
+    if e is None:
+        e = _clip_image_embeds(model, processor, [as_rgb(a), as_rgb(b)])
     return float(e[0] @ e[1])
 
 
@@ -144,9 +165,11 @@ def dino_similarity(a, b, *, settings) -> float | None:
     except ModelUnavailableError as e:
         log.warning("DINO missing: %s", e)
         return None
-    device = next(model.parameters()).device
-    pv = processor(images=[as_rgb(a), as_rgb(b)], return_tensors="pt")["pixel_values"].to(device)
-    cls = F.normalize(model(pixel_values=pv).last_hidden_state[:, 0].float(), dim=-1)
+    cls = _batched_features("dino", model, processor, [as_rgb(a), as_rgb(b)], settings)
+    if cls is None:
+        device = next(model.parameters()).device
+        pv = processor(images=[as_rgb(a), as_rgb(b)], return_tensors="pt")["pixel_values"].to(device)
+        cls = F.normalize(model(pixel_values=pv).last_hidden_state[:, 0].float(), dim=-1)
     return float(cls[0] @ cls[1])
 
 
