@@ -54,6 +54,92 @@ def quiet_progress_bars(verbose: bool) -> None:
             getattr(sys.modules[name], fn)()
 
 
+# -- the model libraries' own progress bars and log handlers ----------------------------------------
+# diffusers and transformers print their progress bars ("Loading pipeline components...") and their
+# warnings through handlers of their own, straight to stderr, over the display. Their switches live
+# in their logging modules, which are slow to import (diffusers' ~7 s), so they are flipped when a
+# command first imports them (or at once when already imported), and flipped back by logs_back().
+
+
+def _quiet_transformers(m: Any) -> None:
+    m.disable_progress_bar()
+    m.disable_default_handler()  # its records go to the root logger, so into the log file
+    m.enable_propagation()
+
+
+def _loud_transformers(m: Any) -> None:
+    m.enable_progress_bar()
+    m.disable_propagation()
+    m.enable_default_handler()
+
+
+_LIBRARIES: dict[str, tuple[Any, Any]] = {
+    "transformers.utils.logging": (_quiet_transformers, _loud_transformers),
+    "diffusers.utils.logging": (lambda m: m.disable_progress_bar(), lambda m: m.enable_progress_bar()),
+}
+_quieted: list[str] = []
+
+
+class _QuietOnImport:
+    """A meta-path finder that finds nothing itself: it quiets a library's logging module as it is
+    imported (its loader runs first), then steps aside once every module is done."""
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name not in _LIBRARIES or name in _quieted:
+            return None
+        import importlib.util
+
+        sys.meta_path.remove(self)  # find the real spec without coming back here
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            if any(n not in _quieted and n != name for n in _LIBRARIES):
+                sys.meta_path.insert(0, self)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_and_quiet(module: Any) -> None:
+            exec_module(module)
+            _quiet_library(name, module)
+
+        spec.loader.exec_module = exec_and_quiet  # type: ignore[method-assign]
+        return spec
+
+
+_hook = _QuietOnImport()
+
+
+def _quiet_library(name: str, module: Any) -> None:
+    if name not in _quieted:
+        try:
+            _LIBRARIES[name][0](module)
+        except AttributeError:  # pragma: no cover - another version of the library
+            return
+        _quieted.append(name)
+
+
+def quiet_libraries() -> None:
+    """Quiet the model libraries' bars and handlers now, or when they are imported."""
+    for name in _LIBRARIES:
+        if name in sys.modules:
+            _quiet_library(name, sys.modules[name])
+    if any(n not in _quieted for n in _LIBRARIES) and _hook not in sys.meta_path:
+        sys.meta_path.insert(0, _hook)
+
+
+def loud_libraries() -> None:
+    """Undo :func:`quiet_libraries`."""
+    if _hook in sys.meta_path:
+        sys.meta_path.remove(_hook)
+    while _quieted:
+        name = _quieted.pop()
+        try:
+            _LIBRARIES[name][1](sys.modules[name])
+        except (AttributeError, KeyError):  # pragma: no cover
+            pass
+
+
 def logs_to_file(verbose: bool) -> Path | None:
     """Send Prefect's and the libraries' log lines to a file instead of the terminal (unless
     ``verbose``); returns the file. Tracebacks of errors land there too."""
@@ -71,6 +157,7 @@ def logs_to_file(verbose: bool) -> Path | None:
     _saved.append((list(root.handlers), {n: logging.getLogger(n).level for n in _LOGGERS}, handler))
     logging.captureWarnings(True)  # library warnings to the file too
     quiet_progress_bars(verbose)
+    quiet_libraries()
     for h in list(root.handlers):
         if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
             root.removeHandler(h)
@@ -98,11 +185,32 @@ class _RunFormatter(logging.Formatter):
 _saved: list[tuple[list[logging.Handler], dict[str, int], logging.Handler]] = []
 
 
+_exit_quiet = False
+
+
+def _quiet_prefect_at_exit() -> None:
+    """At exit, Prefect stops its temporary API server and logs "Stopping temporary server on ..." at
+    INFO through the "prefect" logger, whose console handler is back by then: drawn after the
+    display. Registered after the flow run (atexit runs hooks last-in first-out, so this one runs
+    before Prefect's), it leaves only Prefect's warnings and errors on the terminal."""
+    logging.getLogger("prefect").setLevel(logging.WARNING)
+
+
+def quiet_prefect_at_exit() -> None:
+    global _exit_quiet
+    if not _exit_quiet:
+        import atexit
+
+        atexit.register(_quiet_prefect_at_exit)
+        _exit_quiet = True
+
+
 def logs_back() -> None:
     """Undo :func:`logs_to_file` (the process goes on, e.g. under a test runner)."""
-    logging.captureWarnings(False)
-    while _env_set:
+    while _env_set:  # first: huggingface_hub refuses (with a warning) to re-enable bars while it is set
         os.environ.pop(_env_set.pop(), None)
+    loud_libraries()  # warnings are still captured into the log file here
+    logging.captureWarnings(False)
     while _saved:
         handlers, levels, handler = _saved.pop()
         root = logging.getLogger()
@@ -218,3 +326,5 @@ def run_console(title: str, verbose: bool, rows: bool = True) -> Iterator[Any]:
             signal.signal(signal.SIGTERM, previous)
         progress.clear_stop()
         logs_back()
+        if path is not None:  # not --verbose: nothing of Prefect's INFO after the display either
+            quiet_prefect_at_exit()
