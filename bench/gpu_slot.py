@@ -170,6 +170,14 @@ def _child(env: dict, *extra: str) -> dict:
 
 def deployment_run(env: dict, images: int, workdir: str, tagged: bool) -> dict:
     """Deploy noop_dataset to a process pool (our template), start one run, let a process worker run it."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    # this process loaded Prefect's settings at import, before the server existed: point it there
+    with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        return _deployment_run(env, images, workdir, tagged)
+
+
+def _deployment_run(env: dict, images: int, workdir: str, tagged: bool) -> dict:
     import asyncio
 
     from prefect.deployments import run_deployment
