@@ -253,7 +253,8 @@ def write(results: dict, args) -> None:
     doc = REPO / "docs" / "benchmarks.md"
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"\n### bench/throughput_llm.py, {date}\n", f"Machine: {_machine()}; torch on 1 intra-op thread; "
-             "tiny profile (random-weight Qwen2, 2 layers, hidden 32). Other jobs shared the CPU during the run.\n"]
+             "tiny profile (random-weight Qwen2, 2 layers, hidden 32). 1-minute load average at the start / end of "
+             + "; ".join(f"{k}: {v[0]:.1f} / {v[1]:.1f}" for k, v in results.get("load", {}).items()) + ".\n"]
     if "inprocess" in results:
         r = results["inprocess"]
         lines += [
@@ -316,11 +317,15 @@ def main(argv: list[str] | None = None) -> None:
     md = _models_dir(args.models_dir)
     results: dict = {}
     if args.what in ("inprocess", "all"):
+        load0 = os.getloadavg()[0]
         results["inprocess"] = bench_inprocess(md, args.calls, args.concurrency)
+        results.setdefault("load", {})["in-process"] = (load0, os.getloadavg()[0])
         print(json.dumps(results["inprocess"], indent=1), flush=True)
     if args.what in ("endpoint", "all"):
+        load0 = os.getloadavg()[0]
         results["endpoint"] = bench_endpoint(md, args.images, args.windows, args.latency, args.ciebench,
                                              args.perception_cached)
+        results.setdefault("load", {})["endpoint"] = (load0, os.getloadavg()[0])
         print(json.dumps(results["endpoint"], indent=1), flush=True)
     if not args.no_write:
         write(results, args)
