@@ -16,9 +16,10 @@
   store each): images/s, the most requests the endpoint had in flight, and each stage's seconds.
   ``--perception-cached``: the images' perception (segment, detect, depth, SSR merge of the input
   image) is computed once beforehand with the in-process tiny LLM, and each window starts from a
-  copy of that store, so the windows time what the LLM's concurrency acts on (the reasoning loop,
-  with its semantic updates and per-step perception, inpainting, outputs) rather than tiny SAM2's
-  automatic masks on the CPU, which no number of LLM requests in flight can shorten.
+  copy of that store, so the windows time what the LLM's concurrency acts on (the reasoning loop
+  and the orchestration around it; stages whose inputs equal the pre-pass's come from the cache)
+  rather than tiny SAM2's automatic masks on the CPU, which no number of LLM requests in flight can
+  shorten.
 
 Torch runs on one intra-op thread (the stage tasks' own setting, orchestration.torch_threads).
 """
@@ -272,8 +273,10 @@ def write(results: dict, args) -> None:
     if "endpoint" in results:
         r = results["endpoint"]
         cached = (f" Perception of the input images cached beforehand (--perception-cached: a pre-pass with the "
-                  f"in-process LLM, {r['prefill_s']:.0f} s; each window starts from a copy of that store and computes "
-                  f"the reasoning loop, its semantic updates and per-step perception, inpainting and outputs)."
+                  f"in-process LLM, {r['prefill_s']:.0f} s; each window starts from a copy of that store: the stages whose "
+                  f"inputs equal the pre-pass's come from the cache, the input image's perception always, and here "
+                  f"inpainting too, since the endpoint serves the same tiny model and its answers equal the pre-pass's; "
+                  f"so the windows time the LLM calls and the orchestration around them)."
                   if r.get("perception_cached") else "")
         lines += [f"\nOpenAI-compatible endpoint (bench/llm_endpoint.py in its own process: the tiny model behind "
                   f"a fixed {r['latency_s']} s service latency, no capacity limit), tiny-profile dataset run of "
